@@ -1,0 +1,51 @@
+//go:build unix
+
+package systemd
+
+import (
+	"fmt"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+func checkSocketAddr(socket string) error {
+	switch {
+	case socket == "":
+		return ErrNoSocket
+	case socket[0] == '@':
+		if runtime.GOOS != "linux" && runtime.GOOS != "android" {
+			return fmt.Errorf("%w: abstract socket %q (Linux only)", ErrNotSupported, socket)
+		}
+	case socket[0] != '/':
+		return fmt.Errorf("systemd: NOTIFY_SOCKET %q: not an absolute path or @abstract name", truncate(socket))
+	}
+	// sun_path must also hold the terminating NUL of a path.
+	if max := len(unix.RawSockaddrUnix{}.Path) - 1; len(socket) > max {
+		return fmt.Errorf("systemd: NOTIFY_SOCKET %q: longer than a socket address can be (%d bytes)", truncate(socket), max)
+	}
+	return nil
+}
+
+func send(socket string, msg []byte, fds []int) error {
+	// Hold ForkLock so that no fork between socket and CloseOnExec
+	// inherits the socket (SOCK_CLOEXEC is not portable).
+	syscall.ForkLock.RLock()
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
+	if err == nil {
+		unix.CloseOnExec(s)
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	// x/sys maps a leading '@' to the abstract namespace on Linux.
+	return unix.Sendmsg(s, msg, oob, &unix.SockaddrUnix{Name: socket}, 0)
+}
