@@ -487,4 +487,3 @@ func TestListenFdsGarbageInChild(t *testing.T) {
 	}
 	h.wait(t)
 }
-
