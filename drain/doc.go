@@ -1,0 +1,92 @@
+// Package drain stops network servers without losing a request: the
+// old generation of a graceful upgrade, or any server told to stop by
+// SIGTERM (Kubernetes, systemd). It needs no Upgrader.
+//
+// # Why not http.Server.Shutdown
+//
+// Shutdown loses requests in two ways. It closes idle keep-alive
+// connections at once, so a client that is sending its next request at
+// that moment gets EOF; clients that do not retry (and any client sending
+// a POST) see an error. And net/http drops, without any response, a
+// request that it reads after Shutdown has begun, so a connection
+// accepted just before the listener closed loses its first request.
+//
+// [Server.Drain] goes in an order that loses nothing: it closes only this
+// process's listener (a process sharing the socket keeps accepting from
+// the kernel queue), answers every further HTTP/1.x request with
+// "Connection: close", gives accepted connections time to send their
+// request, closes a keep-alive connection only after it has been idle for
+// [Options.IdleGrace], and calls Shutdown only when no HTTP/1.x
+// connection is left, so that HTTP/2 connections get a GOAWAY and finish
+// their streams. At the deadline it closes what is left and says how much
+// in [Stats].
+//
+// [Listener] does the same for servers that are not HTTP: each accepted
+// [Conn] has a Context that is cancelled when the drain begins.
+//
+// # Upgrades
+//
+// With the Upgrader of github.com/seed589fcc9d/tableflip, drain the old
+// generation once the new one is ready, in place of a bare Shutdown:
+//
+//	func main() {
+//		upg, err := tableflip.New(tableflip.Options{})
+//		if err != nil {
+//			log.Fatal(err)
+//		}
+//		defer upg.Stop()
+//
+//		go func() {
+//			sig := make(chan os.Signal, 1)
+//			signal.Notify(sig, syscall.SIGHUP)
+//			for range sig {
+//				if err := upg.Upgrade(); err != nil {
+//					log.Println("upgrade failed:", err)
+//				}
+//			}
+//		}()
+//
+//		ln, err := upg.Listen("tcp", "localhost:8080")
+//		if err != nil {
+//			log.Fatal(err)
+//		}
+//		srv := drain.NewServer(&http.Server{Handler: handler()}, drain.Options{
+//			Logger: slog.Default(),
+//		})
+//		go srv.Serve(ln)
+//
+//		if err := upg.Ready(); err != nil {
+//			log.Fatal(err)
+//		}
+//		<-upg.Exit()
+//
+//		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+//		defer cancel()
+//		if stats, err := srv.Drain(ctx); err != nil {
+//			log.Printf("drain: %v, cut %d connections", err, stats.Cut())
+//		}
+//	}
+//
+// # SIGTERM
+//
+// Without upgrades, for example in a Kubernetes pod, drain on SIGTERM
+// with a deadline shorter than terminationGracePeriodSeconds:
+//
+//	srv := drain.NewServer(&http.Server{Handler: handler()}, drain.Options{})
+//	ln, err := net.Listen("tcp", ":8080")
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	go srv.Serve(ln)
+//
+//	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+//	<-ctx.Done()
+//	stop()
+//	dctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+//	defer cancel()
+//	srv.Drain(dctx)
+//
+// A process that stops alone has nobody to pass its socket to; the
+// readiness probe and endpoint removal must steer new clients away, as
+// with any graceful stop.
+package drain
