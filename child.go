@@ -1,0 +1,148 @@
+//go:build unix
+
+package tableflip
+
+import (
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/seed589fcc9d/tableflip/internal/handover"
+	"golang.org/x/sys/unix"
+)
+
+// This file is the new generation's side of the handover.
+
+// upgradesSupported: every unix can pass descriptors over Unix sockets.
+const upgradesSupported = true
+
+// parentLink is the new generation's connection to the process that
+// started it.
+type parentLink struct {
+	conn *handover.Conn
+	pid  int
+	// ack is closed when the parent acknowledges readiness.
+	ack chan struct{}
+	// exited is closed when the parent has exited; exitErr says whether
+	// it did so before acknowledging.
+	exited  chan struct{}
+	exitErr error
+}
+
+// inherit reads what the parent passed on, if this process was started by
+// an upgrade. A handover variable that does not come from this process's
+// parent is removed and ignored, never obeyed.
+func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
+	value, ok := env.lookupEnv(handover.EnvVar)
+	if !ok {
+		return nil, nil, nil
+	}
+	// Whatever comes next, no subprocess of this program sees it.
+	env.unsetenv(handover.EnvVar)
+
+	he, err := handover.ParseEnv(value)
+	if err != nil && !errors.Is(err, handover.ErrVersion) {
+		log.Warn("tableflip: ignoring malformed handover variable", "error", err)
+		return nil, nil, nil
+	}
+	// The parent's pid, or on Linux the creator of the socket (which
+	// still names the parent if it has since died), must match.
+	ppid := env.getppid()
+	if ppid != he.PID && handover.PeerPID(he.FD) != he.PID {
+		log.Warn("tableflip: ignoring handover variable that names another parent",
+			"named_pid", he.PID, "parent_pid", ppid)
+		return nil, nil, nil
+	}
+	unix.CloseOnExec(he.FD)
+	conn, cerr := handover.NewConn(he.FD)
+	if cerr != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrHandover, cerr)
+	}
+	if err != nil {
+		return nil, nil, refuse(conn, err)
+	}
+
+	typ, payload, err := conn.ReadFrame()
+	if errors.Is(err, io.EOF) {
+		conn.Close()
+		return nil, nil, fmt.Errorf("%w (pid %d) before sending what to inherit", ErrParentExited, he.PID)
+	}
+	if err != nil {
+		return nil, nil, refuse(conn, err)
+	}
+	if typ != handover.FrameHello {
+		return nil, nil, refuse(conn, fmt.Errorf("%w: expected hello, got frame %q", handover.ErrMalformed, typ))
+	}
+	var hello handover.Hello
+	if err := hello.UnmarshalBinary(payload); err != nil {
+		return nil, nil, refuse(conn, err)
+	}
+	if subtle.ConstantTimeCompare(hello.Token[:], he.Token[:]) != 1 {
+		return nil, nil, refuse(conn, errors.New("handover: token does not match the environment"))
+	}
+	fds, err := conn.ReceiveFDs(len(hello.Entries))
+	if err != nil {
+		return nil, nil, refuse(conn, err)
+	}
+	entries := make([]*entry, len(fds))
+	for i, e := range hello.Entries {
+		entries[i] = &entry{key: key{e.Kind, e.Network, e.Addr}, bound: e.Bound, fd: fds[i]}
+	}
+	p := &parentLink{
+		conn:   conn,
+		pid:    he.PID,
+		ack:    make(chan struct{}),
+		exited: make(chan struct{}),
+	}
+	go p.watch()
+	return p, entries, nil
+}
+
+// refuse tells the parent why this process can't take over, and returns
+// that as an error.
+func refuse(conn *handover.Conn, err error) error {
+	_ = conn.WriteFrame(handover.FrameError, []byte(err.Error()))
+	conn.Close()
+	return fmt.Errorf("%w: %w", ErrHandover, err)
+}
+
+// watch reads the parent's acknowledgement, then waits for the end of
+// file that its exit brings.
+func (p *parentLink) watch() {
+	defer close(p.exited)
+	defer p.conn.Close()
+	typ, _, err := p.conn.ReadFrame()
+	if err != nil || typ != handover.FrameAck {
+		p.exitErr = fmt.Errorf("%w (pid %d)", ErrParentExited, p.pid)
+		return
+	}
+	close(p.ack)
+	// The parent sends nothing more; anything but end of file is as
+	// good as it.
+	_, _ = io.Copy(io.Discard, p.conn)
+}
+
+// ready tells the parent that this process is ready and waits for its
+// acknowledgement.
+func (p *parentLink) ready() error {
+	pid := binary.BigEndian.AppendUint32(nil, uint32(os.Getpid()))
+	if err := p.conn.WriteFrame(handover.FrameReady, pid); err != nil {
+		<-p.exited
+		return p.exitErr
+	}
+	select {
+	case <-p.ack:
+		return nil
+	case <-p.exited:
+		return p.exitErr
+	}
+}
+
+// refuse tells the parent that this process gives up.
+func (p *parentLink) refuse(err error) {
+	_ = p.conn.WriteFrame(handover.FrameError, []byte(err.Error()))
+}

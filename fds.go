@@ -1,0 +1,540 @@
+package tableflip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/seed589fcc9d/tableflip/internal/handover"
+)
+
+// Listener can be shared between processes.
+type Listener interface {
+	net.Listener
+	syscall.Conn
+}
+
+// PacketConn can be shared between processes.
+type PacketConn interface {
+	net.PacketConn
+	syscall.Conn
+}
+
+// Conn can be shared between processes.
+type Conn interface {
+	net.Conn
+	syscall.Conn
+}
+
+// key names a socket or file: its kind (a handover.Kind* constant), its
+// network, and the address asked for (or the name of a file).
+type key struct {
+	kind    byte
+	network string
+	addr    string
+}
+
+func (k key) String() string {
+	switch k.kind {
+	case handover.KindFile:
+		return "file " + k.addr
+	case handover.KindListener:
+		return "listener " + k.network + " " + k.addr
+	case handover.KindPacketConn:
+		return "packet conn " + k.network + " " + k.addr
+	default:
+		return "conn " + k.network + " " + k.addr
+	}
+}
+
+// isUnix reports whether k is a Unix socket with a file in the file
+// system (abstract sockets have none).
+func (k key) isUnixFile() bool {
+	switch {
+	case k.kind == handover.KindListener && (k.network == "unix" || k.network == "unixpacket"):
+	case k.kind == handover.KindPacketConn && k.network == "unixgram":
+	default:
+		return false
+	}
+	return k.addr != "" && k.addr[0] != '@' && k.addr[0] != 0
+}
+
+// entry is a socket or file that the next generation will inherit.
+//
+// Either the registry owns a descriptor (fd >= 0): one it inherited and
+// nobody has asked for yet, or a duplicate taken by an Add method or for
+// File. Or the program owns the socket (fd < 0, owner set): a socket that
+// Listen, ListenPacket, Conn or their kin handed out. The registry keeps no
+// duplicate of those, so that closing them really closes the socket; it
+// duplicates them only for the moment of an upgrade.
+type entry struct {
+	key
+	// bound is the address the socket is bound to where that differs
+	// from the address asked for, as for "127.0.0.1:0".
+	bound string
+	fd    int
+	owner syscall.Conn
+}
+
+// Fds holds the sockets and files that are passed from one generation to
+// the next.
+//
+// A socket that Fds hands out (Listen, ListenPacket, Listener, PacketConn,
+// Conn) belongs to the program: closing it closes the socket, and a socket
+// the program has closed is not passed on. The Add methods duplicate what
+// they are given, so the caller may close its copy at once.
+type Fds struct {
+	mu sync.Mutex
+	// inherited from the parent and not asked for yet, by every address
+	// an entry answers to.
+	inherited map[key]*entry
+	// used is what the next generation inherits.
+	used map[key]*entry
+	lc   *net.ListenConfig
+	log  *slog.Logger
+}
+
+func newFds(inherited []*entry, lc *net.ListenConfig, log *slog.Logger) *Fds {
+	if lc == nil {
+		lc = &net.ListenConfig{}
+	}
+	f := &Fds{
+		inherited: make(map[key]*entry, len(inherited)),
+		used:      make(map[key]*entry),
+		lc:        lc,
+		log:       log,
+	}
+	for _, e := range inherited {
+		f.inherited[e.key] = e
+		if e.bound != "" {
+			bound := e.key
+			bound.addr = e.bound
+			f.inherited[bound] = e
+		}
+	}
+	return f
+}
+
+// take removes and returns the inherited entry for k, found by the address
+// it was asked for or by the address it is bound to.
+func (f *Fds) take(k key) *entry {
+	e := f.inherited[k]
+	if e == nil {
+		return nil
+	}
+	delete(f.inherited, e.key)
+	if e.bound != "" {
+		bound := e.key
+		bound.addr = e.bound
+		delete(f.inherited, bound)
+	}
+	return e
+}
+
+// use records e as passed on under k, replacing (and closing) what was
+// there.
+func (f *Fds) use(k key, e *entry) {
+	if old := f.used[k]; old != nil && old != e {
+		old.close()
+	}
+	e.key = k
+	f.used[k] = e
+}
+
+func (e *entry) close() {
+	if e.fd >= 0 {
+		closeFD(e.fd)
+		e.fd = -1
+	}
+}
+
+// Listen returns a listener inherited from the parent process, or creates a
+// new one. An inherited listener is found by the address it was created
+// with (such as "127.0.0.1:0") and by the address it is bound to.
+func (f *Fds) Listen(network, addr string) (net.Listener, error) {
+	return f.ListenWithCallback(network, addr, f.newListener)
+}
+
+func (f *Fds) newListener(network, addr string) (net.Listener, error) {
+	return f.lc.Listen(context.Background(), network, addr)
+}
+
+// ListenWithCallback returns a listener inherited from the parent process,
+// or calls callback to create a new one. The listener callback returns
+// must implement Listener; it is closed, and an error returned, if not.
+func (f *Fds) ListenWithCallback(network, addr string, callback func(network, addr string) (net.Listener, error)) (net.Listener, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	ln, err := f.listenerLocked(network, addr)
+	if ln != nil || err != nil {
+		return ln, err
+	}
+	ln, err = callback(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("tableflip: can't create listener %s %s: %w", network, addr, err)
+	}
+	sln, ok := ln.(Listener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("tableflip: %T does not implement tableflip.Listener", ln)
+	}
+	f.own(key{handover.KindListener, network, addr}, sln, ln.Addr())
+	return ln, nil
+}
+
+// Listener returns the listener inherited from the parent process for
+// network and addr, or nil if there is none. The program owns the
+// listener: closing it closes the socket.
+func (f *Fds) Listener(network, addr string) (net.Listener, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.listenerLocked(network, addr)
+}
+
+func (f *Fds) listenerLocked(network, addr string) (net.Listener, error) {
+	k := key{handover.KindListener, network, addr}
+	e := f.take(k)
+	if e == nil {
+		return nil, nil
+	}
+	ln, err := fromFD(e, net.FileListener)
+	if err != nil {
+		return nil, err
+	}
+	sln, ok := ln.(Listener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, ln)
+	}
+	f.own(k, sln, nil)
+	return ln, nil
+}
+
+// AddListener passes a copy of ln on to the next generation under network
+// and addr, replacing any listener already known by them. The caller may
+// close ln afterwards; the copy is closed when this generation exits.
+func (f *Fds) AddListener(network, addr string, ln Listener) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.addLocked(key{handover.KindListener, network, addr}, ln)
+}
+
+// ListenPacket returns a packet conn inherited from the parent process, or
+// creates a new one.
+func (f *Fds) ListenPacket(network, addr string) (net.PacketConn, error) {
+	return f.ListenPacketWithCallback(network, addr, f.newPacketConn)
+}
+
+func (f *Fds) newPacketConn(network, addr string) (net.PacketConn, error) {
+	return f.lc.ListenPacket(context.Background(), network, addr)
+}
+
+// ListenPacketWithCallback returns a packet conn inherited from the parent
+// process, or calls callback to create a new one. The conn callback
+// returns must implement PacketConn; it is closed, and an error returned,
+// if not.
+func (f *Fds) ListenPacketWithCallback(network, addr string, callback func(network, addr string) (net.PacketConn, error)) (net.PacketConn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	pc, err := f.packetConnLocked(network, addr)
+	if pc != nil || err != nil {
+		return pc, err
+	}
+	pc, err = callback(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("tableflip: can't create packet conn %s %s: %w", network, addr, err)
+	}
+	spc, ok := pc.(PacketConn)
+	if !ok {
+		pc.Close()
+		return nil, fmt.Errorf("tableflip: %T does not implement tableflip.PacketConn", pc)
+	}
+	f.own(key{handover.KindPacketConn, network, addr}, spc, pc.LocalAddr())
+	return pc, nil
+}
+
+// PacketConn returns the packet conn inherited from the parent process for
+// network and addr, or nil if there is none. The program owns the conn:
+// closing it closes the socket.
+func (f *Fds) PacketConn(network, addr string) (net.PacketConn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.packetConnLocked(network, addr)
+}
+
+func (f *Fds) packetConnLocked(network, addr string) (net.PacketConn, error) {
+	k := key{handover.KindPacketConn, network, addr}
+	e := f.take(k)
+	if e == nil {
+		return nil, nil
+	}
+	pc, err := fromFD(e, net.FilePacketConn)
+	if err != nil {
+		return nil, err
+	}
+	spc, ok := pc.(PacketConn)
+	if !ok {
+		pc.Close()
+		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, pc)
+	}
+	f.own(k, spc, nil)
+	return pc, nil
+}
+
+// AddPacketConn passes a copy of conn on to the next generation under
+// network and addr. The caller may close conn afterwards.
+func (f *Fds) AddPacketConn(network, addr string, conn PacketConn) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.addLocked(key{handover.KindPacketConn, network, addr}, conn)
+}
+
+// Conn returns the connection inherited from the parent process for
+// network and addr, or nil if there is none.
+//
+// The program owns the connection: closing it closes the socket, and the
+// peer sees the connection end. (cloudflare/tableflip kept a duplicate
+// open until the process exited, so the peer never saw the close.) A
+// connection that is still open when this generation upgrades is passed
+// on again.
+func (f *Fds) Conn(network, addr string) (net.Conn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	k := key{handover.KindConn, network, addr}
+	e := f.take(k)
+	if e == nil {
+		return nil, nil
+	}
+	c, err := fromFD(e, net.FileConn)
+	if err != nil {
+		return nil, err
+	}
+	sc, ok := c.(Conn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, c)
+	}
+	f.own(k, sc, nil)
+	return c, nil
+}
+
+// AddConn passes a copy of conn on to the next generation under network
+// and addr. The caller may close conn afterwards.
+func (f *Fds) AddConn(network, addr string, conn Conn) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.addLocked(key{handover.KindConn, network, addr}, conn)
+}
+
+// File returns a duplicate of the file inherited from the parent process
+// under name, or nil if there is none. The caller owns and closes the
+// returned file; the file is passed on to the next generation still.
+// The descriptor may be in blocking mode or not, as the parent left it.
+func (f *Fds) File(name string) (*os.File, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	k := key{handover.KindFile, "", name}
+	e := f.take(k)
+	if e == nil {
+		return nil, nil
+	}
+	f.use(k, e)
+	return dupFile(e.fd, name)
+}
+
+// Files returns duplicates of all files inherited from the parent process
+// that have not been asked for yet, in no particular order. The caller
+// owns and closes them.
+func (f *Fds) Files() ([]*os.File, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	var files []*os.File
+	for k, e := range f.inherited {
+		if k.kind != handover.KindFile {
+			continue
+		}
+		f.take(k)
+		f.use(k, e)
+		file, err := dupFile(e.fd, k.addr)
+		if err != nil {
+			for _, file := range files {
+				file.Close()
+			}
+			return nil, err
+		}
+		files = append(files, file)
+	}
+	return files, nil
+}
+
+// AddFile passes a copy of file on to the next generation under name. The
+// caller may close file afterwards.
+func (f *Fds) AddFile(name string, file *os.File) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.addLocked(key{handover.KindFile, "", name}, file)
+}
+
+func (f *Fds) addLocked(k key, c syscall.Conn) error {
+	if ul, ok := c.(interface{ SetUnlinkOnClose(bool) }); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+	fd, err := dupConn(c)
+	if err != nil {
+		return fmt.Errorf("tableflip: can't duplicate %s: %w", k, err)
+	}
+	delete(f.inherited, k)
+	f.use(k, &entry{key: k, fd: fd, bound: boundAddr(k, c)})
+	return nil
+}
+
+// own records a socket that the program owns.
+func (f *Fds) own(k key, c syscall.Conn, bound net.Addr) {
+	if ul, ok := c.(interface{ SetUnlinkOnClose(bool) }); ok {
+		// The socket file belongs to every generation; only a final
+		// Stop removes it.
+		ul.SetUnlinkOnClose(false)
+	}
+	e := &entry{key: k, fd: -1, owner: c}
+	if bound != nil && bound.String() != k.addr {
+		e.bound = bound.String()
+	}
+	f.use(k, e)
+}
+
+func boundAddr(k key, c syscall.Conn) string {
+	var a net.Addr
+	switch c := c.(type) {
+	case net.Listener:
+		a = c.Addr()
+	case net.PacketConn:
+		a = c.LocalAddr()
+	}
+	if a == nil || a.String() == k.addr {
+		return ""
+	}
+	return a.String()
+}
+
+// fromFD makes a net object of an inherited descriptor, which it closes:
+// the object holds a descriptor of its own.
+func fromFD[T any](e *entry, make func(*os.File) (T, error)) (T, error) {
+	file := os.NewFile(uintptr(e.fd), e.key.String())
+	e.fd = -1
+	v, err := make(file)
+	file.Close()
+	if err != nil {
+		return v, fmt.Errorf("tableflip: can't use inherited %s: %w", e.key, err)
+	}
+	return v, nil
+}
+
+// passed is what an upgrade hands to the next generation.
+type passed struct {
+	entries []handover.Entry
+	fds     []int
+	// dups are the descriptors duplicated for the upgrade only.
+	dups []int
+}
+
+func (p *passed) close() {
+	for _, fd := range p.dups {
+		closeFD(fd)
+	}
+}
+
+// collect lists what the next generation inherits. Sockets the program
+// has closed are dropped.
+func (f *Fds) collect() (*passed, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	keys := make([]key, 0, len(f.used))
+	for k := range f.used {
+		keys = append(keys, k)
+	}
+	// A stable order makes the manifest reproducible, which helps when
+	// reading a trace of two generations.
+	slices.SortFunc(keys, func(a, b key) int {
+		return strings.Compare(a.String(), b.String())
+	})
+	p := &passed{
+		entries: make([]handover.Entry, 0, len(keys)),
+		fds:     make([]int, 0, len(keys)),
+	}
+	for _, k := range keys {
+		e := f.used[k]
+		fd := e.fd
+		if fd < 0 {
+			var err error
+			fd, err = dupConn(e.owner)
+			if errors.Is(err, errClosed) {
+				f.log.Debug("tableflip: not passing on a closed socket", "socket", k.String())
+				delete(f.used, k)
+				continue
+			}
+			if err != nil {
+				p.close()
+				return nil, fmt.Errorf("tableflip: can't duplicate %s: %w", k, err)
+			}
+			p.dups = append(p.dups, fd)
+		}
+		p.entries = append(p.entries, handover.Entry{Kind: k.kind, Network: k.network, Addr: k.addr, Bound: e.bound})
+		p.fds = append(p.fds, fd)
+	}
+	return p, nil
+}
+
+// closeInherited closes what the parent passed on and nobody asked for.
+func (f *Fds) closeInherited() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, e := range f.inherited {
+		if k == e.key && k.isUnixFile() {
+			// Nobody serves on it any more: a stale socket file
+			// would only make clients wait for nothing.
+			unlinkUnixSocket(k.addr)
+		}
+		e.close()
+	}
+	clear(f.inherited)
+}
+
+// closeUsed closes the registry's descriptors: after a successful upgrade,
+// the next generation has its own.
+func (f *Fds) closeUsed(final bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, e := range f.used {
+		if final && k.isUnixFile() {
+			unlinkUnixSocket(k.addr)
+		}
+		e.close()
+	}
+	clear(f.used)
+}
+
+// unlinkUnixSocket removes path if it is a socket.
+func unlinkUnixSocket(path string) {
+	if runtime.GOOS == "linux" && strings.HasPrefix(path, "@") {
+		return
+	}
+	info, err := os.Lstat(path)
+	if err != nil || info.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	os.Remove(path)
+}

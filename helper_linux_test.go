@@ -1,0 +1,491 @@
+//go:build linux
+
+package tableflip
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary re-runs itself as the generations of a small server. The
+// server's behaviour at start comes from a mode file that the test
+// rewrites before each upgrade, since every generation shares the first
+// one's environment.
+const (
+	helperEnv   = "TABLEFLIP_TEST_HELPER"
+	modeFileEnv = "TABLEFLIP_TEST_MODE_FILE"
+	pidFileEnv  = "TABLEFLIP_TEST_PID_FILE"
+	unixPathEnv = "TABLEFLIP_TEST_UNIX"
+	timeoutEnv  = "TABLEFLIP_TEST_TIMEOUT"
+	tcpAddrEnv  = "TABLEFLIP_TEST_TCP"
+)
+
+var helpers = map[string]func() int{
+	"server":   helperServer,
+	"envcheck": helperEnvCheck,
+}
+
+func TestMain(m *testing.M) {
+	if name := os.Getenv(helperEnv); name != "" {
+		h := helpers[name]
+		if h == nil {
+			fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
+			os.Exit(2)
+		}
+		os.Exit(h())
+	}
+	becomeSubreaper()
+	os.Exit(m.Run())
+}
+
+// helperServer is one generation of the test server. It prints one line
+// per event to stdout, which all generations share:
+//
+//	ready <pid> <tcp addr> <udp addr>
+//	event <pid> <text>
+//
+// and answers line commands on its TCP listener: pid, upgrade, fds, stop.
+func helperServer() int {
+	mode := readMode()
+	say := func(format string, args ...any) {
+		fmt.Printf("%s %d %s\n", "event", os.Getpid(), fmt.Sprintf(format, args...))
+	}
+	switch mode {
+	case "exit1":
+		os.Exit(1)
+	case "exit0":
+		os.Exit(0)
+	case "panic":
+		panic("init failed")
+	case "kill":
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	case "speak-v2":
+		v := os.Getenv("TABLEFLIP_HANDOVER")
+		os.Setenv("TABLEFLIP_HANDOVER", "v2"+strings.TrimPrefix(v, "v1"))
+	}
+
+	timeout, _ := time.ParseDuration(os.Getenv(timeoutEnv))
+	var logger *slog.Logger
+	if os.Getenv("TABLEFLIP_TEST_LOG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	upg, err := New(Options{PIDFile: os.Getenv(pidFileEnv), UpgradeTimeout: timeout, Logger: logger})
+	if err != nil {
+		say("new-error %v", err)
+		return 1
+	}
+	defer upg.Stop()
+
+	switch mode {
+	case "hang":
+		select {}
+	case "hang-ignore-term":
+		signal.Ignore(syscall.SIGTERM)
+		select {}
+	}
+
+	tcpAddr := os.Getenv(tcpAddrEnv)
+	if tcpAddr == "" {
+		tcpAddr = "127.0.0.1:0"
+	}
+	ln, err := upg.Listen("tcp", tcpAddr)
+	if err != nil {
+		say("listen-error %v", err)
+		return 1
+	}
+	pc, err := upg.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		say("listen-error %v", err)
+		return 1
+	}
+	var uln net.Listener
+	if path := os.Getenv(unixPathEnv); path != "" {
+		if uln, err = upg.Listen("unix", path); err != nil {
+			say("listen-error %v", err)
+			return 1
+		}
+	}
+	if c, _ := upg.Conn("tcp", "kept"); c != nil {
+		fmt.Fprintf(c, "hello from %d\n", os.Getpid())
+		c.Close()
+		say("closed kept conn")
+	}
+
+	if mode == "wait-before-ready" {
+		say("initialising")
+		f, err := os.Open(os.Getenv(modeFileEnv) + ".go")
+		if err == nil {
+			io.Copy(io.Discard, f)
+			f.Close()
+		}
+	}
+	if err := upg.Ready(); err != nil {
+		_, statErr := os.Stat(os.Getenv(pidFileEnv))
+		say("ready-error pidfile-exists=%t %v", statErr == nil, err)
+		return 1
+	}
+	if mode == "ready-twice" {
+		say("ready-again %v", upg.Ready())
+	}
+	fmt.Printf("ready %d %s %s\n", os.Getpid(), ln.Addr(), pc.LocalAddr())
+	if mode == "spawn" {
+		out, err := exec.Command(os.Args[0]).CombinedOutput()
+		say("spawned %q %v", strings.TrimSpace(string(out)), err)
+	}
+
+	var wg sync.WaitGroup
+	serve := func(ln net.Listener) {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handleCommands(upg, c)
+			}()
+		}
+	}
+	go serve(ln)
+	if uln != nil {
+		go serve(uln)
+	}
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(strconv.Itoa(os.Getpid())), addr)
+		}
+	}()
+	go func() {
+		if err := upg.WaitForParent(context.Background()); err != nil {
+			say("parent-error %v", err)
+		}
+	}()
+
+	<-upg.Exit()
+	ln.Close()
+	pc.Close()
+	if uln != nil {
+		uln.Close()
+	}
+	wg.Wait()
+	say("exiting")
+	return 0
+}
+
+func handleCommands(upg *Upgrader, c net.Conn) {
+	defer c.Close()
+	// One command a connection, closed before the client reads end of
+	// file: a client that has its answer leaves nothing open here.
+	r := bufio.NewScanner(c)
+	if r.Scan() {
+		var reply string
+		switch cmd := r.Text(); cmd {
+		case "pid":
+			reply = strconv.Itoa(os.Getpid())
+		case "upgrade":
+			if err := upg.Upgrade(); err != nil {
+				reply = "error " + err.Error() + " " + describeError(err)
+			} else {
+				reply = "ok"
+			}
+		case "fds":
+			// The parent's handover socket is open until it exits.
+			upg.WaitForParent(context.Background())
+			reply = strconv.Itoa(countFDs())
+		case "keep":
+			if err := upg.AddConn("tcp", "kept", c.(Conn)); err != nil {
+				reply = "error " + err.Error()
+			} else {
+				reply = "kept"
+			}
+		case "stop":
+			upg.Stop()
+			reply = "stopped"
+		default:
+			reply = "unknown command " + cmd
+		}
+		fmt.Fprintln(c, reply)
+	}
+}
+
+// describeError lists which of the package's errors err is, so that the
+// test can check errors.Is and errors.As across the process boundary.
+func describeError(err error) string {
+	var names []string
+	for _, s := range []struct {
+		name string
+		err  error
+	}{
+		{"ErrNotReady", ErrNotReady}, {"ErrUpgradeInProgress", ErrUpgradeInProgress},
+		{"ErrParentRunning", ErrParentRunning}, {"ErrStopped", ErrStopped},
+		{"ErrUpgraded", ErrUpgraded}, {"ErrTimeout", ErrTimeout},
+		{"ErrChildExited", ErrChildExited}, {"ErrHandover", ErrHandover},
+	} {
+		if errors.Is(err, s.err) {
+			names = append(names, s.name)
+		}
+	}
+	var ce *ChildError
+	if errors.As(err, &ce) {
+		names = append(names, fmt.Sprintf("ChildError{code=%d,signal=%d}", ce.ExitCode, ce.Signal))
+	}
+	return "[" + strings.Join(names, ",") + "]"
+}
+
+// helperEnvCheck reports what a subprocess of an upgraded generation
+// inherited: the handover variable, and descriptors beyond stdio.
+func helperEnvCheck() int {
+	_, set := os.LookupEnv("TABLEFLIP_HANDOVER")
+	fmt.Printf("handover-var=%t extra-fds=%d\n", set, countFDs()-3)
+	return 0
+}
+
+func readMode() string {
+	b, _ := os.ReadFile(os.Getenv(modeFileEnv))
+	return strings.TrimSpace(string(b))
+}
+
+// countFDs counts this process's open descriptors, less the one used to
+// read the directory.
+func countFDs() int {
+	dir := "/dev/fd"
+	if runtime.GOOS == "linux" {
+		dir = "/proc/self/fd"
+	}
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		return -1
+	}
+	return len(names) - 1
+}
+
+// server is the test's handle on a running chain of generations.
+type server struct {
+	t       *testing.T
+	dir     string
+	tcp     string
+	udp     string
+	first   *exec.Cmd
+	pid     int
+	lines   chan string
+	backlog []string
+	pidFile string
+}
+
+type serverConfig struct {
+	env        []string
+	executable string
+}
+
+// startServer starts the first generation and waits until it is ready.
+func startServer(t *testing.T, cfg serverConfig) *server {
+	t.Helper()
+	dir := t.TempDir()
+	s := &server{t: t, dir: dir, lines: make(chan string, 100), pidFile: filepath.Join(dir, "server.pid")}
+	s.setMode("serve")
+	exe := cfg.executable
+	if exe == "" {
+		exe = os.Args[0]
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		helperEnv+"=server",
+		modeFileEnv+"="+filepath.Join(dir, "mode"),
+		pidFileEnv+"="+s.pidFile,
+	)
+	cmd.Env = append(cmd.Env, cfg.env...)
+	cmd.Stderr = os.Stderr
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	s.first = cmd
+	go func() {
+		defer close(s.lines)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			s.lines <- sc.Text()
+		}
+		r.Close()
+	}()
+	t.Cleanup(s.cleanup)
+	fields := s.waitLine("ready ")
+	s.pid, _ = strconv.Atoi(fields[1])
+	s.tcp, s.udp = fields[2], fields[3]
+	return s
+}
+
+func (s *server) setMode(mode string) {
+	s.t.Helper()
+	if err := os.WriteFile(filepath.Join(s.dir, "mode"), []byte(mode), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// waitLine returns the fields of the first line from any generation that
+// starts with prefix, and that an earlier wait has not taken.
+func (s *server) waitLine(prefix string) []string {
+	s.t.Helper()
+	for i, line := range s.backlog {
+		if strings.HasPrefix(line, prefix) {
+			s.backlog = append(s.backlog[:i], s.backlog[i+1:]...)
+			return strings.Fields(line)
+		}
+	}
+	timeout := time.After(time.Minute)
+	for {
+		select {
+		case line, ok := <-s.lines:
+			if !ok {
+				s.t.Fatalf("server output ended while waiting for %q; unclaimed: %q", prefix, s.backlog)
+			}
+			if strings.HasPrefix(line, prefix) {
+				return strings.Fields(line)
+			}
+			s.backlog = append(s.backlog, line)
+		case <-timeout:
+			s.t.Fatalf("no line %q from the server within a minute; unclaimed: %q", prefix, s.backlog)
+		}
+	}
+}
+
+// waitEvent waits for an event line from pid whose text starts with text.
+func (s *server) waitEvent(pid int, text string) string {
+	s.t.Helper()
+	prefix := fmt.Sprintf("event %d %s", pid, text)
+	return strings.Join(s.waitLine(prefix)[2:], " ")
+}
+
+// command sends one line command to whichever generation accepts the
+// connection and returns the reply.
+func (s *server) command(cmd string) string {
+	s.t.Helper()
+	c, err := net.DialTimeout("tcp", s.tcp, 10*time.Second)
+	if err != nil {
+		s.t.Fatalf("dial %s: %v", s.tcp, err)
+	}
+	defer c.Close()
+	fmt.Fprintln(c, cmd)
+	reply, err := io.ReadAll(c)
+	if err != nil {
+		s.t.Fatalf("command %q: %v", cmd, err)
+	}
+	return strings.TrimSpace(string(reply))
+}
+
+// upgrade asks the serving generation to upgrade, expecting success, and
+// waits until the new generation serves and the old one has exited.
+func (s *server) upgrade() int {
+	s.t.Helper()
+	old := s.pid
+	if reply := s.command("upgrade"); reply != "ok" {
+		s.t.Fatalf("upgrade of pid %d: got %q, want ok", old, reply)
+	}
+	fields := s.waitLine("ready ")
+	s.pid, _ = strconv.Atoi(fields[1])
+	if s.pid == old {
+		s.t.Fatalf("pid %d reported ready twice", old)
+	}
+	if fields[2] != s.tcp || fields[3] != s.udp {
+		s.t.Fatalf("generation %d serves on %s %s, want the inherited %s %s", s.pid, fields[2], fields[3], s.tcp, s.udp)
+	}
+	s.waitEvent(old, "exiting")
+	s.reap(old)
+	return s.pid
+}
+
+// reap waits for a generation to exit. The first is the test's child; the
+// later ones become its children once their parent exits, since the test
+// process is a subreaper.
+func (s *server) reap(pid int) {
+	s.t.Helper()
+	if pid == s.first.Process.Pid {
+		if err := s.first.Wait(); err != nil {
+			s.t.Errorf("first generation: %v", err)
+		}
+		return
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
+		s.t.Errorf("wait for pid %d: %v", pid, err)
+	} else if ws.ExitStatus() != 0 {
+		s.t.Errorf("pid %d exited with %v", pid, ws)
+	}
+}
+
+func (s *server) cleanup() {
+	if s.pid != 0 {
+		syscall.Kill(s.pid, syscall.SIGKILL)
+	}
+	if s.first.ProcessState == nil {
+		s.first.Process.Kill()
+		s.first.Wait()
+	}
+	// Reap whatever else is left, so that no test leaves a zombie.
+	for {
+		if _, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil); err != nil {
+			break
+		}
+	}
+	for range s.lines {
+	}
+}
+
+func (s *server) udpPID() string {
+	s.t.Helper()
+	c, err := net.Dial("udp", s.udp)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte("pid"))
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		s.t.Fatalf("udp: %v", err)
+	}
+	return string(buf[:n])
+}
+
+func unixPID(t *testing.T, path string) string {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("dial unix %s: %v", path, err)
+	}
+	defer c.Close()
+	fmt.Fprintln(c, "pid")
+	reply, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("unix %s: %v", path, err)
+	}
+	return strings.TrimSpace(string(reply))
+}

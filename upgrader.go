@@ -1,0 +1,343 @@
+package tableflip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// DefaultUpgradeTimeout is the duration before the Upgrader kills the new
+// process if no readiness notification was received.
+const DefaultUpgradeTimeout time.Duration = time.Minute
+
+// Options control the behaviour of the Upgrader. The zero value is usable.
+type Options struct {
+	// UpgradeTimeout is how long the new generation has to call Ready.
+	// A new generation that misses it is sent SIGTERM, then SIGKILL
+	// after a short grace, and reaped. Zero means DefaultUpgradeTimeout.
+	UpgradeTimeout time.Duration
+	// PIDFile, if not empty, is written with the pid of the generation
+	// that serves: by the first at Ready, and by each new one once its
+	// parent has acknowledged it. It is replaced atomically and removed
+	// by a final Stop. A relative path is taken from the working
+	// directory the program started in.
+	PIDFile string
+	// ListenConfig is used to create new sockets. Its Control hook, if
+	// any, runs for sockets created here, not for inherited ones.
+	ListenConfig *net.ListenConfig
+	// Logger receives a record of each upgrade: its start, the new
+	// generation's pid, readiness, failure and its reason, and the
+	// parent's exit. Nil means silent.
+	Logger *slog.Logger
+}
+
+// killGrace is how long a new generation that missed its deadline has
+// between SIGTERM and SIGKILL.
+const killGrace = 5 * time.Second
+
+// Upgrader handles zero downtime upgrades and passing files between
+// processes.
+type Upgrader struct {
+	*Fds
+
+	opts   Options
+	log    *slog.Logger
+	env    *osEnv
+	parent *parentLink
+
+	readyOnce sync.Once
+	readyErr  error
+	readyC    chan struct{}
+	stopOnce  sync.Once
+	stopC     chan struct{}
+	upgradeC  chan chan<- error
+	exitC     chan struct{}
+
+	// children keeps the handover socket of each acknowledged child
+	// open until this process exits: its end of file tells the child
+	// that the parent is gone.
+	children []*childLink
+}
+
+var (
+	// One process has one environment and one set of descriptors, so it
+	// has one Upgrader.
+	stdMu       sync.Mutex
+	stdUpgrader *Upgrader
+)
+
+// New creates a new Upgrader. Files are passed from the parent and may be
+// empty.
+//
+// Only the first call to this function will succeed. It may return
+// ErrNotSupported on platforms that cannot upgrade; on those it still
+// returns a working Upgrader that creates fresh sockets.
+func New(opts Options) (*Upgrader, error) {
+	stdMu.Lock()
+	defer stdMu.Unlock()
+
+	if stdUpgrader != nil {
+		return nil, errors.New("tableflip: only a single Upgrader allowed")
+	}
+	upg, err := newUpgrader(stdEnv, opts)
+	if err != nil {
+		return nil, err
+	}
+	stdUpgrader = upg
+	return upg, nil
+}
+
+func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
+	if opts.UpgradeTimeout <= 0 {
+		opts.UpgradeTimeout = DefaultUpgradeTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(discard{})
+	}
+	parent, inherited, err := inherit(env, log)
+	if err != nil {
+		return nil, err
+	}
+	u := &Upgrader{
+		Fds:      newFds(inherited, opts.ListenConfig, log),
+		opts:     opts,
+		log:      log,
+		env:      env,
+		parent:   parent,
+		readyC:   make(chan struct{}),
+		stopC:    make(chan struct{}),
+		upgradeC: make(chan chan<- error),
+		exitC:    make(chan struct{}),
+	}
+	if parent != nil {
+		log.Info("tableflip: inherited from parent", "parent_pid", parent.pid, "sockets", len(inherited))
+	}
+	go u.run()
+	return u, nil
+}
+
+// Ready signals that the current process is ready to accept connections.
+// It must be called to finish the upgrade.
+//
+// Ready closes inherited sockets and files that were not asked for. In a
+// new generation it then tells the parent, and once the parent has
+// acknowledged, writes the PID file: an error before the acknowledgement
+// leaves the parent serving and the PID file untouched. If the parent
+// exits before it acknowledges, Ready returns an error wrapping
+// ErrParentExited.
+//
+// Calling Ready again returns the first call's result.
+func (u *Upgrader) Ready() error {
+	u.readyOnce.Do(func() {
+		u.readyErr = u.ready()
+		if u.readyErr == nil {
+			close(u.readyC)
+		}
+	})
+	return u.readyErr
+}
+
+func (u *Upgrader) ready() error {
+	u.Fds.closeInherited()
+	pid, err := newPIDFile(u.opts.PIDFile, u.env.wd)
+	if err != nil {
+		err = fmt.Errorf("tableflip: can't write PID file: %w", err)
+		if u.parent != nil {
+			u.parent.refuse(err)
+		}
+		return err
+	}
+	if u.parent != nil {
+		if err := u.parent.ready(); err != nil {
+			pid.abandon()
+			return err
+		}
+		u.log.Info("tableflip: ready; parent acknowledged", "pid", os.Getpid(), "parent_pid", u.parent.pid)
+	} else {
+		u.log.Info("tableflip: ready", "pid", os.Getpid())
+	}
+	if err := pid.commit(); err != nil {
+		return fmt.Errorf("tableflip: can't write PID file: %w", err)
+	}
+	return nil
+}
+
+// Exit returns a channel that is closed when the process should exit: after
+// a successful upgrade, or after Stop.
+func (u *Upgrader) Exit() <-chan struct{} {
+	return u.exitC
+}
+
+// Stop prevents any more upgrades from happening, and closes the exit
+// channel.
+//
+// If Stop is called before an upgrade has succeeded, the process is taken
+// to be shutting down for good: the Unix socket files of its listeners are
+// removed, and so is the PID file if it names this process.
+func (u *Upgrader) Stop() {
+	u.stopOnce.Do(func() {
+		close(u.stopC)
+	})
+}
+
+// WaitForParent blocks until the parent has exited. It returns nil at
+// once if there is no parent, an error wrapping ErrParentExited if the
+// parent exited before it acknowledged this process, and ctx.Err() if ctx
+// ends first.
+func (u *Upgrader) WaitForParent(ctx context.Context) error {
+	if u.parent == nil {
+		return nil
+	}
+	select {
+	case <-u.parent.exited:
+		return u.parent.exitErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// HasParent checks if the current process is an upgrade or the first
+// invocation.
+func (u *Upgrader) HasParent() bool {
+	return u.parent != nil
+}
+
+// Upgrade triggers an upgrade: it starts a new generation of the program,
+// hands it the sockets and files, and waits until it is ready or has
+// failed. It returns nil once the new generation is ready; then Exit is
+// closed and this process should stop serving.
+//
+// Errors can be told apart with errors.Is: ErrNotReady, ErrUpgradeInProgress,
+// ErrParentRunning, ErrStopped and ErrUpgraded refuse the upgrade without
+// starting anything; a *ChildError reports a new generation that failed,
+// and ErrNotSupported a platform without upgrades. Whatever the error, this
+// process keeps serving.
+func (u *Upgrader) Upgrade() error {
+	if !upgradesSupported {
+		return ErrNotSupported
+	}
+	response := make(chan error, 1)
+	select {
+	case <-u.stopC:
+		return ErrStopped
+	case <-u.exitC:
+		return ErrUpgraded
+	case u.upgradeC <- response:
+	}
+	return <-response
+}
+
+// run owns the upgrade state machine.
+func (u *Upgrader) run() {
+	defer close(u.exitC)
+
+	var (
+		parentExited <-chan struct{}
+		notReady     = u.readyC
+		upgraded     bool
+	)
+	if u.parent != nil {
+		parentExited = u.parent.exited
+	}
+	for {
+		select {
+		case <-parentExited:
+			parentExited = nil
+			u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+
+		case <-notReady:
+			notReady = nil
+
+		case <-u.stopC:
+			u.Fds.closeUsed(!upgraded)
+			if !upgraded {
+				removePIDFile(u.opts.PIDFile, u.env.wd)
+			}
+			return
+
+		case request := <-u.upgradeC:
+			switch {
+			case notReady != nil:
+				request <- ErrNotReady
+				continue
+			case parentExited != nil:
+				request <- ErrParentRunning
+				continue
+			}
+			err := u.upgrade()
+			request <- err
+			if err == nil {
+				upgraded = true
+				u.Fds.closeUsed(false)
+				return
+			}
+		}
+	}
+}
+
+// upgrade runs one upgrade, refusing others meanwhile.
+func (u *Upgrader) upgrade() error {
+	start := time.Now()
+	u.log.Info("tableflip: upgrade starting")
+	result := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { result <- u.startChild(ctx) }()
+	for {
+		select {
+		case request := <-u.upgradeC:
+			request <- ErrUpgradeInProgress
+		case <-u.stopC:
+			// Refuse further requests while the child is taken down.
+			cancel()
+			<-result
+			// Leave stopC to the run loop, which closes up.
+			return ErrStopped
+		case err := <-result:
+			if err != nil {
+				u.log.Error("tableflip: upgrade failed", "error", err, "duration", time.Since(start))
+				return err
+			}
+			u.log.Info("tableflip: upgrade succeeded", "duration", time.Since(start))
+			return nil
+		}
+	}
+}
+
+// osEnv is how the Upgrader reaches the process's environment, so that
+// tests can replace it.
+type osEnv struct {
+	lookupEnv func(string) (string, bool)
+	unsetenv  func(string) error
+	environ   func() []string
+	getppid   func() int
+	// args are the program's arguments, as it was started.
+	args []string
+	// wd is the working directory the program started in.
+	wd string
+}
+
+var stdEnv = func() *osEnv {
+	wd, _ := os.Getwd()
+	return &osEnv{
+		lookupEnv: os.LookupEnv,
+		unsetenv:  os.Unsetenv,
+		environ:   os.Environ,
+		getppid:   os.Getppid,
+		args:      os.Args,
+		wd:        wd,
+	}
+}()
+
+type discard struct{}
+
+func (discard) Enabled(context.Context, slog.Level) bool  { return false }
+func (discard) Handle(context.Context, slog.Record) error { return nil }
+func (d discard) WithAttrs([]slog.Attr) slog.Handler      { return d }
+func (d discard) WithGroup(string) slog.Handler           { return d }
