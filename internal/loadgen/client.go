@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -15,7 +16,7 @@ import (
 
 // client sends requests one at a time. It is used by one goroutine.
 type client interface {
-	do(ctx context.Context) Outcome
+	do(ctx context.Context) (Outcome, error)
 	close()
 }
 
@@ -112,22 +113,22 @@ func (w *watchReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *rawClient) do(ctx context.Context) Outcome {
+func (c *rawClient) do(ctx context.Context) (Outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	if c.conn == nil {
 		conn, err := c.dialer.DialContext(ctx, "tcp", c.addr)
 		if err != nil {
-			return classify(err, Connect)
+			return classify(err, Connect), err
 		}
 		if c.tls != nil {
 			tc := tls.Client(conn, c.tls)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				conn.Close()
 				if o := classify(err, Connect); o == Timeout {
-					return o
+					return o, err
 				}
-				return Connect
+				return Connect, err
 			}
 			conn = tc
 		}
@@ -147,35 +148,35 @@ func (c *rawClient) do(ctx context.Context) Outcome {
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	out, reuse := c.exchange()
+	out, reuse, err := c.exchange()
 	if out != OK || !reuse {
 		c.close()
 	}
-	return out
+	return out, err
 }
 
 // exchange writes one request and reads its response. reuse reports
 // whether the connection may carry another request.
-func (c *rawClient) exchange() (out Outcome, reuse bool) {
+func (c *rawClient) exchange() (out Outcome, reuse bool, err error) {
 	if _, err := c.conn.Write(c.req); err != nil {
-		return classify(err, Write), false
+		return classify(err, Write), false, err
 	}
 	// A connection closed before the first byte of the response is the
 	// classic keep-alive race; tell it apart from a response cut short.
 	if _, err := c.br.Peek(1); err != nil {
-		return classify(err, Other), false
+		return classify(err, Other), false, err
 	}
 	resp, err := http.ReadResponse(c.br, nil)
 	if err != nil {
 		if c.wr.err == nil {
-			return Malformed, false
+			return Malformed, false, err
 		}
 		// The parser may have seen a partial line as a whole one.
 		o := classify(c.wr.err, Truncated)
 		if o == EOF || o == Other {
 			o = Truncated
 		}
-		return o, false
+		return o, false, c.wr.err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
@@ -184,12 +185,13 @@ func (c *rawClient) exchange() (out Outcome, reuse bool) {
 		if o == EOF || o == Other {
 			o = Truncated
 		}
-		return o, false
+		return o, false, err
 	}
+	reuse = c.keepAlive && !resp.Close
 	if resp.StatusCode >= 400 {
-		return Status, c.keepAlive && !resp.Close
+		return Status, reuse, errors.New(resp.Status)
 	}
-	return OK, c.keepAlive && !resp.Close
+	return OK, reuse, nil
 }
 
 func (c *rawClient) close() {
@@ -209,18 +211,18 @@ type goClient struct {
 	h2     bool
 }
 
-func (c *goClient) do(ctx context.Context) Outcome {
+func (c *goClient) do(ctx context.Context) (Outcome, error) {
 	var body io.Reader
 	if c.body != nil {
 		body = bytes.NewReader(c.body)
 	}
 	req, err := http.NewRequestWithContext(ctx, c.method, c.url, body)
 	if err != nil {
-		return Other
+		return Other, err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return classify(err, Other)
+		return classify(err, Other), err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
@@ -230,13 +232,13 @@ func (c *goClient) do(ctx context.Context) Outcome {
 		if o == EOF {
 			o = Truncated
 		}
-		return o
+		return o, err
 	case c.h2 && resp.ProtoMajor != 2:
-		return Protocol
+		return Protocol, errors.New("answered with " + resp.Proto)
 	case resp.StatusCode >= 400:
-		return Status
+		return Status, errors.New(resp.Status)
 	}
-	return OK
+	return OK, nil
 }
 
 func (c *goClient) close() { c.tr.CloseIdleConnections() }

@@ -117,6 +117,9 @@ type Result struct {
 	// Records are sorted by Start. Requests still in flight when the load
 	// was stopped are not recorded: they neither failed nor succeeded.
 	Records []Record
+	// Examples holds the first error seen of each failure kind, to show
+	// a person what the failures looked like.
+	Examples map[Outcome]string
 	// LimitReached reports that the load stopped because it reached
 	// MaxRequests rather than its duration or a call to Stop.
 	LimitReached bool
@@ -140,6 +143,9 @@ type Load struct {
 	failed   atomic.Int64
 	limit    atomic.Bool
 
+	mu       sync.Mutex // guards examples
+	examples map[Outcome]string
+
 	// records[i] is written by client i when it stops; read after done.
 	records [][]Record
 
@@ -160,11 +166,12 @@ func Start(ctx context.Context, opts Options) (*Load, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, opts.Duration)
 	l := &Load{
-		opts:    opts,
-		started: time.Now(),
-		cancel:  cancel,
-		done:    make(chan struct{}),
-		records: make([][]Record, opts.Conns),
+		opts:     opts,
+		started:  time.Now(),
+		cancel:   cancel,
+		done:     make(chan struct{}),
+		records:  make([][]Record, opts.Conns),
+		examples: map[Outcome]string{},
 	}
 	var wg sync.WaitGroup
 	for i := range opts.Conns {
@@ -218,6 +225,7 @@ func (l *Load) Stop() *Result {
 			Started:      l.started,
 			Elapsed:      time.Since(l.started),
 			Records:      all,
+			Examples:     l.examples,
 			LimitReached: l.limit.Load(),
 		}
 	})
@@ -238,11 +246,18 @@ func (l *Load) run(ctx context.Context, c client) []Record {
 			break
 		}
 		start := time.Now()
-		out := c.do(ctx)
+		out, err := c.do(ctx)
 		lat := time.Since(start)
 		if out != OK && ctx.Err() != nil {
 			// Aborted by the end of the load, not by the server.
 			break
+		}
+		if out != OK && err != nil {
+			l.mu.Lock()
+			if _, ok := l.examples[out]; !ok {
+				l.examples[out] = err.Error()
+			}
+			l.mu.Unlock()
 		}
 		recs = append(recs, Record{Start: start.Sub(l.started), Latency: lat, Outcome: out})
 		l.finished.Add(1)
@@ -335,3 +350,6 @@ func (o *Options) tlsConfig() *tls.Config {
 	// verify against.
 	return &tls.Config{InsecureSkipVerify: true}
 }
+
+// Validate reports what Start would refuse in o.
+func (o Options) Validate() error { return o.fill() }

@@ -1,0 +1,68 @@
+// Command tableflip checks that a server upgrades without losing requests.
+//
+// Usage:
+//
+//	tableflip check [flags]                      check the built-in sample server
+//	tableflip check [flags] -- ./myserver args…  check your own server
+//
+// check starts the server, puts it under load on loopback, upgrades it a
+// number of times, and reports what the clients saw: requests sent and
+// failed (by kind of failure), upgrade-to-ready latency, how long each old
+// generation took to exit, request latency in steady state and during
+// upgrades, fds and memory of the first and last generation, and processes
+// left behind. Run "tableflip check -h" for the flags.
+//
+// # Exit status
+//
+// 0 when no request was lost and nothing leaked; 1 when the check ran and
+// found lost requests or leaks; 2 for bad usage; 3 when the server could
+// not be checked (it did not start, never became ready, ignored the upgrade
+// signal or exited); 130 when interrupted.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// Exit statuses.
+const (
+	exitOK          = 0
+	exitFailed      = 1
+	exitUsage       = 2
+	exitServer      = 3
+	exitInterrupted = 130
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "check":
+		return checkCommand(args[1:], stdout, stderr)
+	case sampleServerCommand:
+		return sampleServer(args[1:], stderr)
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "tableflip: unknown command %q\n", args[0])
+	usage(stderr)
+	return exitUsage
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: tableflip <command> [arguments]
+
+commands:
+  check    upgrade a server under load and report what clients saw
+           (tableflip check -h for its flags)
+`)
+}

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/seed589fcc9d/tableflip/internal/loadgen"
+)
+
+// report is everything check found. It is printed as text or JSON and
+// drawn as HTML; durations are nanoseconds in JSON.
+type report struct {
+	Server         string            `json:"server"`
+	URLs           []string          `json:"urls"`
+	Signal         string            `json:"signal"`
+	Method         string            `json:"method"`
+	Elapsed        time.Duration     `json:"elapsed_ns"`
+	Requests       int               `json:"requests"`
+	Failed         int               `json:"failed"`
+	Failures       map[string]int    `json:"failures"`
+	Modes          []modeReport      `json:"modes"`
+	UpgradesWanted int               `json:"upgrades_wanted,omitempty"`
+	Upgrades       []upgradeReport   `json:"upgrades"`
+	UpgradeToReady spread            `json:"upgrade_to_ready"`
+	OldExit        spread            `json:"old_generation_exit"`
+	Steady         loadgen.Latency   `json:"latency_steady"`
+	During         loadgen.Latency   `json:"latency_during_upgrades"`
+	First          *generation       `json:"first_generation,omitempty"`
+	Last           *generation       `json:"last_generation,omitempty"`
+	Subreaper      bool              `json:"subreaper"`
+	Leftovers      []leftover        `json:"leftovers"`
+	Notes          []string          `json:"notes,omitempty"`
+	Problems       []string          `json:"problems"`
+	Pass           bool              `json:"pass"`
+	Verdict        string            `json:"verdict"`
+	results        []*loadgen.Result // for the timeline
+	epoch          time.Time
+}
+
+type modeReport struct {
+	Mode         loadgen.Mode   `json:"mode"`
+	Conns        int            `json:"conns"`
+	Requests     int            `json:"requests"`
+	Failed       int            `json:"failed"`
+	Failures     map[string]int `json:"failures"`
+	LimitReached bool           `json:"limit_reached,omitempty"`
+}
+
+// upgradeReport is one upgrade. The At fields are offsets from the start
+// of the check: the signal, the new PID in the PID file, the new generation
+// answering, the old generation's exit. ToReady runs from the signal to
+// ready; OldExit from the new PID (when the old generation learns that its
+// successor is ready and begins to drain) to the old generation's exit.
+type upgradeReport struct {
+	N         int           `json:"n"`
+	OldPID    int           `json:"old_pid"`
+	NewPID    int           `json:"new_pid,omitempty"`
+	SignalAt  time.Duration `json:"signal_at_ns"`
+	PIDAt     time.Duration `json:"pid_at_ns,omitempty"`
+	ReadyAt   time.Duration `json:"ready_at_ns,omitempty"`
+	OldExitAt time.Duration `json:"old_exit_at_ns,omitempty"`
+	ToReady   time.Duration `json:"to_ready_ns,omitempty"`
+	OldExit   time.Duration `json:"old_exit_ns,omitempty"`
+	OldExited bool          `json:"old_exited"`
+}
+
+// end is when the upgrade stopped affecting clients: the old generation's
+// exit, or, when that never came, the last moment it was watched.
+func (u upgradeReport) end() time.Duration {
+	return max(u.SignalAt, u.ReadyAt, u.OldExitAt)
+}
+
+type spread struct {
+	Count  int           `json:"count"`
+	Min    time.Duration `json:"min_ns"`
+	Median time.Duration `json:"median_ns"`
+	P99    time.Duration `json:"p99_ns"`
+	Max    time.Duration `json:"max_ns"`
+}
+
+func spreadOf(ds []time.Duration) spread {
+	if len(ds) == 0 {
+		return spread{}
+	}
+	l := loadgen.Summarize(ds)
+	return spread{Count: l.Count, Min: slices.Min(ds), Median: l.Median, P99: l.P99, Max: l.Max}
+}
+
+type generation struct {
+	N      int  `json:"n"`
+	PID    int  `json:"pid"`
+	FDs    *int `json:"fds"`     // nil: not available on this system
+	RSSKiB *int `json:"rss_kib"` // nil: not available on this system
+}
+
+func sampleGeneration(n, pid int) *generation {
+	g := &generation{N: n, PID: pid}
+	if v, ok := fdCount(pid); ok {
+		g.FDs = &v
+	}
+	if v, ok := rssKiB(pid); ok {
+		g.RSSKiB = &v
+	}
+	return g
+}
+
+type leftover struct {
+	procStat
+	What string `json:"what"`
+}
+
+func (r *report) fail(problem string) {
+	r.Problems = append(r.Problems, problem)
+	r.Pass = false
+}
+
+// finish computes the summary figures and the verdict from the results,
+// upgrades, generations and leftovers already in r. conns is the number
+// of load connections, the slack allowed in fd counts.
+func (r *report) finish(conns int) {
+	r.Failures = map[string]int{}
+	r.Requests, r.Failed = 0, 0
+	inUpgrade := func(start, end time.Duration) bool {
+		for _, u := range r.Upgrades {
+			if start <= u.end() && end >= u.SignalAt {
+				return true
+			}
+		}
+		return false
+	}
+	var steady, during []time.Duration
+	r.Modes = r.Modes[:0]
+	for _, res := range r.results {
+		off := res.Started.Sub(r.epoch)
+		m := modeReport{Mode: res.Mode, Failures: map[string]int{}, LimitReached: res.LimitReached}
+		for _, rec := range res.Records {
+			m.Requests++
+			if rec.Outcome != loadgen.OK {
+				m.Failed++
+				m.Failures[rec.Outcome.String()]++
+				r.Failures[rec.Outcome.String()]++
+				continue
+			}
+			if inUpgrade(off+rec.Start, off+rec.End()) {
+				during = append(during, rec.Latency)
+			} else {
+				steady = append(steady, rec.Latency)
+			}
+		}
+		m.Conns = conns / max(1, len(r.results))
+		r.Requests += m.Requests
+		r.Failed += m.Failed
+		if m.LimitReached {
+			r.Notes = append(r.Notes, fmt.Sprintf("the %s load stopped early at its request limit (-max-requests)", m.Mode))
+		}
+		r.Modes = append(r.Modes, m)
+	}
+	r.Steady = loadgen.Summarize(steady)
+	r.During = loadgen.Summarize(during)
+
+	var toReady, oldExit []time.Duration
+	for _, u := range r.Upgrades {
+		if u.NewPID != 0 {
+			toReady = append(toReady, u.ToReady)
+		}
+		if u.OldExited {
+			oldExit = append(oldExit, u.OldExit)
+		}
+	}
+	r.UpgradeToReady = spreadOf(toReady)
+	r.OldExit = spreadOf(oldExit)
+
+	r.Pass = len(r.Problems) == 0
+	if r.Failed > 0 {
+		r.fail(fmt.Sprintf("%d of %d requests failed", r.Failed, r.Requests))
+	}
+	if r.Requests == 0 {
+		r.fail("no request was made")
+	}
+	if len(r.Leftovers) > 0 {
+		r.fail(fmt.Sprintf("%d processes left behind", len(r.Leftovers)))
+	}
+	if r.First != nil && r.Last != nil && r.First.FDs != nil && r.Last.FDs != nil && r.Last.PID != r.First.PID &&
+		*r.Last.FDs > *r.First.FDs+conns {
+		r.fail(fmt.Sprintf("open fds grew from %d in generation %d to %d in generation %d (more than the %d load connections can explain)",
+			*r.First.FDs, r.First.N, *r.Last.FDs, r.Last.N, conns))
+	}
+	r.setVerdict()
+}
+
+func (r *report) setVerdict() {
+	if r.Pass {
+		r.Verdict = "PASS: no request lost, nothing left behind"
+	} else {
+		r.Verdict = "FAIL: " + strings.Join(r.Problems, "; ")
+	}
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "0"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0fµs", float64(d)/1e3)
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d)/1e6)
+	}
+	return fmt.Sprintf("%.2fs", d.Seconds())
+}
+
+func (s spread) String() string {
+	if s.Count == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("min %s  median %s  p99 %s  max %s  (%d)", fmtDur(s.Min), fmtDur(s.Median), fmtDur(s.P99), fmtDur(s.Max), s.Count)
+}
+
+func latencyString(l loadgen.Latency) string {
+	if l.Count == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("median %s  p99 %s  max %s  (%d requests)", fmtDur(l.Median), fmtDur(l.P99), fmtDur(l.Max), l.Count)
+}
+
+func (g *generation) String() string {
+	if g == nil {
+		return "n/a"
+	}
+	fds, rss := "n/a", "n/a"
+	if g.FDs != nil {
+		fds = fmt.Sprint(*g.FDs)
+	}
+	if g.RSSKiB != nil {
+		rss = fmt.Sprintf("%.1f MiB", float64(*g.RSSKiB)/1024)
+	}
+	return fmt.Sprintf("generation %d, pid %d: %s fds, RSS %s", g.N, g.PID, fds, rss)
+}
+
+// failureKinds returns the kinds in m in the order of loadgen.Outcomes.
+func failureKinds(m map[string]int) []loadgen.Outcome {
+	var out []loadgen.Outcome
+	for _, o := range loadgen.Outcomes() {
+		if m[o.String()] > 0 {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func (r *report) writeText(w io.Writer) {
+	fmt.Fprintf(w, "tableflip check: %s\n", r.Server)
+	fmt.Fprintf(w, "  load               %s %s, upgrade signal %s, took %s\n", r.Method, strings.Join(r.URLs, " "), r.Signal, fmtDur(r.Elapsed))
+	fmt.Fprintf(w, "  requests           %d sent, %d failed\n", r.Requests, r.Failed)
+	for _, m := range r.Modes {
+		fmt.Fprintf(w, "    %-9s x%-3d    %d sent, %d failed\n", m.Mode, m.Conns, m.Requests, m.Failed)
+	}
+	for _, o := range failureKinds(r.Failures) {
+		fmt.Fprintf(w, "    %-10s %7d  %s\n", o, r.Failures[o.String()], o.Describe())
+	}
+	done := 0
+	for _, u := range r.Upgrades {
+		if u.NewPID != 0 {
+			done++
+		}
+	}
+	want := ""
+	if r.UpgradesWanted > 0 {
+		want = fmt.Sprintf(" of %d", r.UpgradesWanted)
+	}
+	fmt.Fprintf(w, "  upgrades           %d%s done\n", done, want)
+	fmt.Fprintf(w, "  upgrade to ready   %s\n", r.UpgradeToReady)
+	fmt.Fprintf(w, "  old gen exit       %s\n", r.OldExit)
+	fmt.Fprintf(w, "  latency steady     %s\n", latencyString(r.Steady))
+	fmt.Fprintf(w, "  latency upgrading  %s\n", latencyString(r.During))
+	fmt.Fprintf(w, "  first generation   %s\n", r.First)
+	fmt.Fprintf(w, "  last generation    %s\n", r.Last)
+	switch {
+	case len(r.Leftovers) > 0:
+		fmt.Fprintf(w, "  leftovers          %d\n", len(r.Leftovers))
+		for _, l := range r.Leftovers {
+			fmt.Fprintf(w, "    pid %d (state %s, parent %d) %s: %s\n", l.PID, l.State, l.PPID, l.What, l.Cmd)
+		}
+	case r.Subreaper:
+		fmt.Fprintf(w, "  leftovers          none (no zombies, no stray processes)\n")
+	default:
+		fmt.Fprintf(w, "  leftovers          none seen (old generations exited; zombie scan n/a on this system)\n")
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
+	}
+	fmt.Fprintf(w, "verdict: %s\n", r.Verdict)
+}
