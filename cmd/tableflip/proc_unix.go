@@ -26,6 +26,8 @@ type exitInfo struct {
 
 func (e exitInfo) String() string {
 	switch {
+	case e.at.IsZero():
+		return "status unknown"
 	case e.status.Exited():
 		return "exit status " + strconv.Itoa(e.status.ExitStatus())
 	case e.status.Signaled():
@@ -111,8 +113,8 @@ func (t *procTable) changedChan() <-chan struct{} {
 	return t.changed
 }
 
-// alive reports whether pid still runs. A zombie counts as ended: its code
-// no longer runs, whoever fails to reap it.
+// alive reports whether pid still runs. A zombie that another process
+// fails to reap counts as ended: its code no longer runs.
 func (t *procTable) alive(pid int) bool {
 	if _, ok := t.exit(pid); ok {
 		return false
@@ -120,10 +122,35 @@ func (t *procTable) alive(pid int) bool {
 	if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
 		return false
 	}
-	if st, ok := readProcStat(pid); ok && st.State == "Z" {
+	// A zombie of ours is left to the reaping loop: the leader of a
+	// multi-threaded process shows as a zombie before its last thread has
+	// gone, and wait4 cannot reap it until then.
+	if st, ok := readProcStat(pid); ok && st.State == "Z" && st.PPID != os.Getpid() {
 		return false
 	}
 	return true
+}
+
+// reaped waits briefly for the exit status of pid, which alive has just
+// reported gone: a zombie child of ours is reaped by the loop any moment.
+func (t *procTable) reaped(pid int) (exitInfo, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for {
+		changed := t.changedChan()
+		if e, ok := t.exit(pid); ok {
+			return e, true
+		}
+		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+			// Reaped by someone else (another parent); no status.
+			return exitInfo{}, false
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return exitInfo{}, false
+		}
+	}
 }
 
 // pollInterval is how often processes that are not our children (and so

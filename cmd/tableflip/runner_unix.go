@@ -84,7 +84,8 @@ func runCheck(ctx context.Context, cfg *checkConfig, prog *progress) (*report, e
 	}
 	c.rep.Elapsed = time.Since(c.epoch)
 	if err != nil && !errors.Is(err, context.Canceled) {
-		c.rep.Problems = append(c.rep.Problems, err.Error())
+		// The first line; the server's output follows on stderr.
+		c.rep.Problems = append(c.rep.Problems, strings.SplitN(err.Error(), "\n", 2)[0])
 	}
 	c.rep.finish(len(cfg.modes) * cfg.conns)
 	return c.rep, err
@@ -250,7 +251,7 @@ func (c *checker) waitFirstReady(ctx context.Context) error {
 				pid = p
 				break
 			}
-			e, _ := c.procs.exit(c.firstPID)
+			e, _ := c.procs.reaped(c.firstPID)
 			return serverErrorf("the server exited at once (%s) without writing its PID file %s%s", e, c.pidFile, c.logTail())
 		}
 		select {
@@ -445,7 +446,7 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 
 // diedOnSignal explains an old generation that ended without a successor.
 func (c *checker) diedOnSignal(n, gen, old int, t0 time.Time) error {
-	e, reaped := c.procs.exit(old)
+	e, reaped := c.procs.reaped(old)
 	if reaped && e.status.Signaled() && e.status.Signal() == c.sig {
 		return serverErrorf("upgrade %d: generation %d (pid %d) was killed by %s: the server does not handle that signal (-signal)%s",
 			n, gen, old, signalName(c.sig), c.logTail())
