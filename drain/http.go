@@ -11,6 +11,11 @@ import (
 	"time"
 )
 
+// rekick is how often Drain sets the waking read deadline of an idle
+// connection again while net/http has not closed it: a safety net for
+// net/http replacing the deadline just after the connection went idle.
+const rekick = 100 * time.Millisecond
+
 // Server serves an *http.Server so that Drain can later stop it without
 // losing a request. Create it with NewServer; its methods are safe for
 // concurrent use.
@@ -42,8 +47,13 @@ type Server struct {
 // wraps srv.Handler and srv.ConnState (the caller's are still called,
 // first for ConnState); do not change those two fields afterwards.
 // ConnContext, BaseContext, TLSConfig, timeouts and the rest of srv are
-// used as they are. Call srv's own methods only as Drain's documentation
-// allows.
+// used as they are. The net.Conn that the ConnState and ConnContext hooks
+// receive wraps the accepted connection (under a *tls.Conn for
+// ServeTLS); its NetConn method returns the accepted one, as
+// tls.Conn.NetConn does.
+//
+// Do not call srv.Shutdown yourself: Drain calls it when that is safe.
+// srv.Close stops everything at once, as always.
 //
 // A nil srv gives a Server whose methods return ErrNilServer.
 func NewServer(srv *http.Server, opts Options) *Server {
@@ -146,7 +156,10 @@ func (s *Server) Draining() <-chan struct{} { return s.drainingCh }
 // Stats counts what was closed and what had to be cut. The error is nil
 // when everything finished in time, ctx.Err() when the deadline cut
 // something, or one of ErrNilServer, ErrNotServing and ErrDrained for
-// misuse (then nothing was done). srv.Shutdown is not called before step
+// misuse. After ErrNotServing the Server counts as drained: a later
+// Serve closes its listener and returns http.ErrServerClosed, so a
+// Serve goroutine that had not started yet does not keep serving in a
+// process that is about to exit. srv.Shutdown is not called before step
 // 5 because net/http drops, without any response, a request it reads
 // after Shutdown has begun.
 func (s *Server) Drain(ctx context.Context) (Stats, error) {
@@ -154,13 +167,9 @@ func (s *Server) Drain(ctx context.Context) (Stats, error) {
 		return Stats{}, ErrNilServer
 	}
 	s.mu.Lock()
-	switch {
-	case s.draining.Load():
+	if s.draining.Load() {
 		s.mu.Unlock()
 		return Stats{}, ErrDrained
-	case !s.served:
-		s.mu.Unlock()
-		return Stats{}, ErrNotServing
 	}
 	began := time.Now()
 	s.drainStart = s.now()
@@ -168,7 +177,14 @@ func (s *Server) Drain(ctx context.Context) (Stats, error) {
 	s.draining.Store(true)
 	close(s.drainingCh)
 	lns := s.listeners
+	served := s.served
 	s.mu.Unlock()
+	if !served {
+		// A Serve that was about to start (go s.Serve(ln) just before an
+		// upgrade finished) now closes its listener instead of serving
+		// connections nobody would drain.
+		return Stats{}, ErrNotServing
+	}
 	logAttrs(s.log, slog.LevelInfo, "drain: started", slog.Int("conns", s.stats.Conns))
 
 	for _, l := range lns {
@@ -215,7 +231,7 @@ func (s *Server) drainHTTP1(ctx context.Context) error {
 					idle = append(idle, c)
 				}
 			case stClosing:
-				due = c.kickAt + s.grace
+				due = c.kickAt + int64(rekick)
 				if now >= due {
 					kick = append(kick, c)
 				}
