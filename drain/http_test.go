@@ -534,6 +534,13 @@ func TestServerMisuse(t *testing.T) {
 	if _, err := s.Drain(ctx); !errors.Is(err, drain.ErrNotServing) {
 		t.Errorf("Drain before Serve: %v", err)
 	}
+	ln1, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(ln1); !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("Serve after a Drain before Serve: %v", err)
+	}
 
 	ts := startServer(t, hello(), drain.Options{IdleGrace: time.Millisecond})
 	dial(t, ts.addr).get("/")
