@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -371,5 +373,62 @@ func TestFailureKindsOrder(t *testing.T) {
 	}
 	if !sort.StringsAreSorted([]string{"eof", "reset"}) || strings.Join(names, ",") != "eof,reset" {
 		t.Errorf("failureKinds = %v", names)
+	}
+}
+
+func TestCheckDuration(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no upgrades on windows")
+	}
+	code, stdout, _ := runCheckCmd(t, "-duration", "50ms", "-interval", "10ms", "-c", "1", "-mode", "newconn", "-json")
+	if code != exitOK {
+		t.Fatalf("exit %d, want %d", code, exitOK)
+	}
+	var rep report
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Upgrades) == 0 || rep.UpgradesWanted != 0 {
+		t.Errorf("%d upgrades (wanted %d), want some and no fixed number", len(rep.Upgrades), rep.UpgradesWanted)
+	}
+}
+
+// cancelWriter cancels a context once something containing mark is
+// written to it.
+type cancelWriter struct {
+	mark   string
+	cancel context.CancelFunc
+	buf    bytes.Buffer
+}
+
+func (w *cancelWriter) Write(p []byte) (int, error) {
+	w.buf.Write(p)
+	if strings.Contains(w.buf.String(), w.mark) {
+		w.cancel()
+	}
+	return len(p), nil
+}
+
+func TestCheckInterrupted(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no upgrades on windows")
+	}
+	cfg, err := parseCheckFlags([]string{"-upgrades", "1000", "-interval", "10ms", "-c", "1", "-mode", "keepalive"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Interrupt in the middle: after the second upgrade.
+	w := &cancelWriter{mark: "upgrade 2:", cancel: cancel}
+	rep, err := runCheck(ctx, cfg, newProgress(w))
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("runCheck = %v, want context.Canceled", err)
+	}
+	if rep == nil || len(rep.Upgrades) < 2 {
+		t.Errorf("report %+v, want one with the upgrades done", rep)
+	}
+	if left := descendants(os.Getpid()); len(left) > 0 {
+		t.Errorf("processes left behind: %+v", left)
 	}
 }

@@ -21,6 +21,7 @@ type report struct {
 	Requests       int               `json:"requests"`
 	Failed         int               `json:"failed"`
 	Failures       map[string]int    `json:"failures"`
+	Examples       map[string]string `json:"failure_examples,omitempty"`
 	Modes          []modeReport      `json:"modes"`
 	UpgradesWanted int               `json:"upgrades_wanted,omitempty"`
 	Upgrades       []upgradeReport   `json:"upgrades"`
@@ -122,6 +123,7 @@ func (r *report) fail(problem string) {
 // of load connections, the slack allowed in fd counts.
 func (r *report) finish(conns int) {
 	r.Failures = map[string]int{}
+	r.Examples = map[string]string{}
 	r.Requests, r.Failed = 0, 0
 	inUpgrade := func(start, end time.Duration) bool {
 		for _, u := range r.Upgrades {
@@ -136,6 +138,11 @@ func (r *report) finish(conns int) {
 	for _, res := range r.results {
 		off := res.Started.Sub(r.epoch)
 		m := modeReport{Mode: res.Mode, Failures: map[string]int{}, LimitReached: res.LimitReached}
+		for o, e := range res.Examples {
+			if _, ok := r.Examples[o.String()]; !ok {
+				r.Examples[o.String()] = fmt.Sprintf("%s: %s", res.Mode, e)
+			}
+		}
 		for _, rec := range res.Records {
 			m.Requests++
 			if rec.Outcome != loadgen.OK {
@@ -259,6 +266,9 @@ func (r *report) writeText(w io.Writer) {
 	}
 	for _, o := range failureKinds(r.Failures) {
 		fmt.Fprintf(w, "    %-10s %7d  %s\n", o, r.Failures[o.String()], o.Describe())
+		if e := r.Examples[o.String()]; e != "" {
+			fmt.Fprintf(w, "    %-10s          e.g. %s\n", "", e)
+		}
 	}
 	done := 0
 	for _, u := range r.Upgrades {
