@@ -31,6 +31,8 @@ const helperEnv = "TABLEFLIP_CHECK_TEST_HELPER"
 
 var helpers = map[string]func(addr, pidFile string) int{
 	"drop":        helperDrop,
+	"linger":      helperLinger,
+	"zombie":      helperZombie,
 	"never-ready": helperNeverReady,
 	"exit":        helperExit,
 	"ignore-hup":  helperIgnoreHUP,
@@ -90,6 +92,41 @@ func writePID(pidFile string) error {
 // helperDrop upgrades properly but closes every fifth request's
 // connection without an answer.
 func helperDrop(addr, pidFile string) int {
+	return upgradingServer(addr, pidFile, 5, func() {})
+}
+
+// helperLinger never exits once its successor is ready.
+func helperLinger(addr, pidFile string) int {
+	return upgradingServer(addr, pidFile, 0, func() { time.Sleep(time.Hour) })
+}
+
+// helperZombie starts a child that exits at once and never waits for it.
+func helperZombie(addr, pidFile string) int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// The child must not be another zombie helper: that would start a
+	// chain of them.
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, helperEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, helperEnv+"=exit")
+	if _, err := os.StartProcess(exe, []string{exe, addr, pidFile}, &os.ProcAttr{Env: env}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return upgradingServer(addr, pidFile, 0, func() {})
+}
+
+// upgradingServer is a server on the Upgrader that upgrades on SIGHUP.
+// It closes the connection of every dropEvery-th request without an
+// answer (never, if 0) and calls exit once its successor is ready.
+func upgradingServer(addr, pidFile string, dropEvery int64, exit func()) int {
 	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -128,7 +165,7 @@ func helperDrop(addr, pidFile string) int {
 						return
 					}
 					io.Copy(io.Discard, req.Body)
-					if n.Add(1)%5 == 0 {
+					if dropEvery > 0 && n.Add(1)%dropEvery == 0 {
 						return
 					}
 					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
@@ -141,6 +178,7 @@ func helperDrop(addr, pidFile string) int {
 		return 1
 	}
 	<-upg.Exit()
+	exit()
 	ln.Close()
 	return 0
 }
@@ -276,6 +314,37 @@ func TestCheckServerDropsRequests(t *testing.T) {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("report lacks %q", want)
 		}
+	}
+}
+
+func TestCheckLeaks(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no upgrades on windows")
+	}
+	for _, tt := range []struct {
+		helper string
+		flags  []string
+		want   []string
+	}{
+		// It never exits, so any -exit-timeout will do.
+		{"linger", []string{"-exit-timeout", "100ms"}, []string{"old generation 1 still running", "was still running", "1 process left behind"}},
+		{"zombie", nil, []string{"zombie: its parent does not wait for it", "1 process left behind"}},
+	} {
+		t.Run(tt.helper, func(t *testing.T) {
+			if tt.helper == "zombie" && runtime.GOOS != "linux" {
+				t.Skip("zombies are found through /proc")
+			}
+			args, _, _ := helperServer(t, tt.helper)
+			code, stdout, _ := runCheckCmd(t, append(append([]string{"-upgrades", "1", "-interval", "10ms", "-c", "1", "-mode", "keepalive"}, tt.flags...), args...)...)
+			if code != exitFailed {
+				t.Errorf("exit %d, want %d", code, exitFailed)
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(stdout, want) {
+					t.Errorf("report lacks %q", want)
+				}
+			}
+		})
 	}
 }
 

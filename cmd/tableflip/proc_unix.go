@@ -142,8 +142,9 @@ func (t *procTable) reaped(pid int) (exitInfo, bool) {
 			return e, true
 		}
 		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
-			// Reaped by someone else (another parent); no status.
-			return exitInfo{}, false
+			// Reaped just now by the loop, or by another parent, which
+			// leaves no status to us.
+			return t.exit(pid)
 		}
 		select {
 		case <-changed:

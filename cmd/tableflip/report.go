@@ -188,7 +188,7 @@ func (r *report) finish(conns int) {
 		r.fail("no request was made")
 	}
 	if len(r.Leftovers) > 0 {
-		r.fail(fmt.Sprintf("%d processes left behind", len(r.Leftovers)))
+		r.fail(plural(len(r.Leftovers), "process", "processes") + " left behind")
 	}
 	if r.First != nil && r.Last != nil && r.First.FDs != nil && r.Last.FDs != nil && r.Last.PID != r.First.PID &&
 		*r.Last.FDs > *r.First.FDs+conns {
@@ -302,4 +302,12 @@ func (r *report) writeText(w io.Writer) {
 		fmt.Fprintf(w, "  note: %s\n", n)
 	}
 	fmt.Fprintf(w, "verdict: %s\n", r.Verdict)
+}
+
+// plural returns "1 process" or "2 processes".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -514,13 +514,19 @@ func (c *checker) stopServer(ctx context.Context) error {
 	return nil
 }
 
-// findStrays looks for what outlived the last generation.
+// findStrays looks for what outlived the last generation. The last
+// generation itself is not counted (stopServer has said whether it had to
+// be killed), nor a zombie whose parent is already counted.
 func (c *checker) findStrays() {
+	listed := func(pid int) bool {
+		return slices.ContainsFunc(c.rep.Leftovers, func(l leftover) bool { return l.PID == pid })
+	}
 	for _, p := range descendants(c.self) {
-		if p.State == "Z" && p.PPID == c.self {
-			continue
-		}
-		if slices.ContainsFunc(c.rep.Leftovers, func(l leftover) bool { return l.PID == p.PID }) {
+		switch {
+		case p.PID == c.currentPID(),
+			p.State == "Z" && p.PPID == c.self,
+			p.State == "Z" && listed(p.PPID),
+			listed(p.PID):
 			continue
 		}
 		c.rep.Leftovers = append(c.rep.Leftovers, leftover{p, "outlived the server"})
