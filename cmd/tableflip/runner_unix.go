@@ -231,7 +231,21 @@ func (c *checker) ours(pid int) bool {
 	if !haveProc() {
 		return true
 	}
-	return slices.ContainsFunc(descendants(c.self), func(p procStat) bool { return p.PID == pid })
+	// Walk up from pid rather than scan every process: this runs between
+	// the new PID and the probe, inside the upgrade-to-ready time.
+	for range 64 {
+		st, ok := readProcStat(pid)
+		switch {
+		case !ok:
+			return false
+		case st.PPID == c.self:
+			return true
+		case st.PPID <= 1:
+			return false
+		}
+		pid = st.PPID
+	}
+	return false
 }
 
 func (c *checker) waitFirstReady(ctx context.Context) error {
@@ -411,6 +425,10 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 	}
 	pidAt := time.Now()
 	u.PIDAt = pidAt.Sub(c.epoch)
+	if !c.procs.alive(pid) {
+		e, _ := c.procs.reaped(pid)
+		return serverErrorf("upgrade %d: the new generation (pid %d) wrote its PID and ended (%s)%s", n, pid, e, c.logTail())
+	}
 	if !c.ours(pid) {
 		return serverErrorf("upgrade %d: the PID file %s names pid %d, which the check did not start", n, c.pidFile, pid)
 	}
