@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The test binary re-runs itself as the generations of a small server. The
@@ -67,6 +69,9 @@ func helperServer() int {
 		fmt.Printf("%s %d %s\n", "event", os.Getpid(), fmt.Sprintf(format, args...))
 	}
 	switch mode {
+	case "hang-ignore-term":
+		// Before anything else: the parent's deadline may come soon.
+		signal.Ignore(syscall.SIGTERM)
 	case "exit1":
 		os.Exit(1)
 	case "exit0":
@@ -94,9 +99,10 @@ func helperServer() int {
 
 	switch mode {
 	case "hang":
+		say("hanging")
 		select {}
 	case "hang-ignore-term":
-		signal.Ignore(syscall.SIGTERM)
+		say("hanging")
 		select {}
 	}
 
@@ -145,7 +151,9 @@ func helperServer() int {
 	}
 	fmt.Printf("ready %d %s %s\n", os.Getpid(), ln.Addr(), pc.LocalAddr())
 	if mode == "spawn" {
-		out, err := exec.Command(os.Args[0]).CombinedOutput()
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), helperEnv+"=envcheck")
+		out, err := cmd.CombinedOutput()
 		say("spawned %q %v", strings.TrimSpace(string(out)), err)
 	}
 
@@ -159,7 +167,7 @@ func helperServer() int {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				handleCommands(upg, c)
+				handleCommands(upg, ln, c)
 			}()
 		}
 	}
@@ -194,7 +202,7 @@ func helperServer() int {
 	return 0
 }
 
-func handleCommands(upg *Upgrader, c net.Conn) {
+func handleCommands(upg *Upgrader, ln net.Listener, c net.Conn) {
 	defer c.Close()
 	// One command a connection, closed before the client reads end of
 	// file: a client that has its answer leaves nothing open here.
@@ -220,6 +228,10 @@ func handleCommands(upg *Upgrader, c net.Conn) {
 			} else {
 				reply = "kept"
 			}
+		case "hasparent":
+			reply = strconv.FormatBool(upg.HasParent())
+		case "nonblock":
+			reply = nonblocking(ln)
 		case "stop":
 			upg.Stop()
 			reply = "stopped"
@@ -228,6 +240,20 @@ func handleCommands(upg *Upgrader, c net.Conn) {
 		}
 		fmt.Fprintln(c, reply)
 	}
+}
+
+// nonblocking reports whether ln's descriptor is in non-blocking mode.
+func nonblocking(ln net.Listener) string {
+	rc, err := ln.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return err.Error()
+	}
+	var flags int
+	rc.Control(func(fd uintptr) { flags, err = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+	if err != nil {
+		return err.Error()
+	}
+	return strconv.FormatBool(flags&unix.O_NONBLOCK != 0)
 }
 
 // describeError lists which of the package's errors err is, so that the
@@ -258,7 +284,16 @@ func describeError(err error) string {
 // inherited: the handover variable, and descriptors beyond stdio.
 func helperEnvCheck() int {
 	_, set := os.LookupEnv("TABLEFLIP_HANDOVER")
-	fmt.Printf("handover-var=%t extra-fds=%d\n", set, countFDs()-3)
+	sockets := 0
+	names, _ := os.ReadDir("/proc/self/fd")
+	for _, n := range names {
+		fd, _ := strconv.Atoi(n.Name())
+		target, _ := os.Readlink("/proc/self/fd/" + n.Name())
+		if fd > 2 && strings.HasPrefix(target, "socket:") {
+			sockets++
+		}
+	}
+	fmt.Printf("handover-var=%t inherited-sockets=%d\n", set, sockets)
 	return 0
 }
 
@@ -291,6 +326,8 @@ type server struct {
 	pid     int
 	lines   chan string
 	backlog []string
+	// seen are the pids of every generation that printed a line.
+	seen map[int]bool
 	pidFile string
 }
 
@@ -303,7 +340,7 @@ type serverConfig struct {
 func startServer(t *testing.T, cfg serverConfig) *server {
 	t.Helper()
 	dir := t.TempDir()
-	s := &server{t: t, dir: dir, lines: make(chan string, 100), pidFile: filepath.Join(dir, "server.pid")}
+	s := &server{t: t, dir: dir, lines: make(chan string, 100), seen: map[int]bool{}, pidFile: filepath.Join(dir, "server.pid")}
 	s.setMode("serve")
 	exe := cfg.executable
 	if exe == "" {
@@ -366,8 +403,14 @@ func (s *server) waitLine(prefix string) []string {
 			if !ok {
 				s.t.Fatalf("server output ended while waiting for %q; unclaimed: %q", prefix, s.backlog)
 			}
+			fields := strings.Fields(line)
+			if len(fields) > 1 {
+				if pid, err := strconv.Atoi(fields[1]); err == nil {
+					s.seen[pid] = true
+				}
+			}
 			if strings.HasPrefix(line, prefix) {
-				return strings.Fields(line)
+				return fields
 			}
 			s.backlog = append(s.backlog, line)
 		case <-timeout:
@@ -448,10 +491,11 @@ func (s *server) cleanup() {
 		s.first.Process.Kill()
 		s.first.Wait()
 	}
-	// Reap whatever else is left, so that no test leaves a zombie.
-	for {
-		if _, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil); err != nil {
-			break
+	// Kill and reap every generation seen, so that no test leaves a
+	// process or a zombie behind.
+	for pid := range s.seen {
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			syscall.Wait4(pid, nil, 0, nil)
 		}
 	}
 	for range s.lines {

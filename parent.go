@@ -79,30 +79,39 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 		reason error
 		state  *os.ProcessState
 	)
-	select {
-	case err := <-handshake:
-		handshake = nil
-		if err == nil {
-			err = conn.WriteFrame(handover.FrameAck, nil)
+	for reason == nil {
+		select {
+		case err := <-handshake:
+			handshake = nil
 			if err == nil {
-				u.children = append(u.children, &childLink{conn: conn, pid: proc.Pid})
-				u.log.Info("tableflip: new generation is ready", "pid", proc.Pid)
-				return nil
+				err = conn.WriteFrame(handover.FrameAck, nil)
+				if err == nil {
+					u.children = append(u.children, &childLink{conn: conn, pid: proc.Pid})
+					u.log.Info("tableflip: new generation is ready", "pid", proc.Pid)
+					return nil
+				}
 			}
+			if refused(err) {
+				reason = handoverError(err)
+			}
+			// Otherwise the socket broke, most likely because the
+			// child is exiting: its exit status says more.
+		case state = <-exited:
+			reason = ErrChildExited
+			// Its end of the socket is closed now: the handshake
+			// ends promptly, with the child's own word if it sent
+			// one.
+			if handshake != nil {
+				if err := <-handshake; refused(err) {
+					reason = handoverError(err)
+				}
+				handshake = nil
+			}
+		case <-timeout.C:
+			reason = ErrTimeout
+		case <-ctx.Done():
+			reason = ErrStopped
 		}
-		reason = handoverError(err)
-	case state = <-exited:
-		reason = ErrChildExited
-		// Its end of the socket is closed now: the handshake ends
-		// promptly, with the child's own word if it sent one.
-		if err := <-handshake; errors.As(err, new(*handover.PeerError)) {
-			reason = handoverError(err)
-		}
-		handshake = nil
-	case <-timeout.C:
-		reason = ErrTimeout
-	case <-ctx.Done():
-		reason = ErrStopped
 	}
 	conn.Close()
 	if state == nil {
@@ -112,6 +121,12 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 		<-handshake
 	}
 	return childError(proc.Pid, state, reason)
+}
+
+// refused reports whether err is the child's refusal or a breach of the
+// protocol, rather than a broken socket.
+func refused(err error) bool {
+	return errors.As(err, new(*handover.PeerError)) || errors.Is(err, handover.ErrMalformed)
 }
 
 func handoverError(err error) error {
