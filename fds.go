@@ -94,10 +94,11 @@ type entry struct {
 type Fds struct {
 	mu sync.Mutex
 	// inherited from the parent and not asked for yet, by every address
-	// an entry answers to.
-	inherited map[key]*entry
-	// used is what the next generation inherits.
-	used map[key]*entry
+	// an entry answers to. Two sockets may share a name (two listeners on
+	// "127.0.0.1:0"): they are handed out in the order they were passed.
+	inherited map[key][]*entry
+	// used is what the next generation inherits, in order.
+	used []*entry
 	lc   *net.ListenConfig
 	log  *slog.Logger
 }
@@ -107,46 +108,63 @@ func newFds(inherited []*entry, lc *net.ListenConfig, log *slog.Logger) *Fds {
 		lc = &net.ListenConfig{}
 	}
 	f := &Fds{
-		inherited: make(map[key]*entry, len(inherited)),
-		used:      make(map[key]*entry),
+		inherited: make(map[key][]*entry, len(inherited)),
 		lc:        lc,
 		log:       log,
 	}
 	for _, e := range inherited {
-		f.inherited[e.key] = e
-		if e.bound != "" {
-			bound := e.key
-			bound.addr = e.bound
-			f.inherited[bound] = e
+		for _, k := range e.names() {
+			f.inherited[k] = append(f.inherited[k], e)
 		}
 	}
 	return f
 }
 
-// take removes and returns the inherited entry for k, found by the address
-// it was asked for or by the address it is bound to.
+// names are the keys an entry is found by.
+func (e *entry) names() []key {
+	if e.bound == "" {
+		return []key{e.key}
+	}
+	bound := e.key
+	bound.addr = e.bound
+	return []key{e.key, bound}
+}
+
+// take removes and returns the first inherited entry for k, found by the
+// address it was asked for or by the address it is bound to.
 func (f *Fds) take(k key) *entry {
-	e := f.inherited[k]
-	if e == nil {
+	list := f.inherited[k]
+	if len(list) == 0 {
 		return nil
 	}
-	delete(f.inherited, e.key)
-	if e.bound != "" {
-		bound := e.key
-		bound.addr = e.bound
-		delete(f.inherited, bound)
+	e := list[0]
+	for _, name := range e.names() {
+		rest := slices.DeleteFunc(f.inherited[name], func(o *entry) bool { return o == e })
+		if len(rest) == 0 {
+			delete(f.inherited, name)
+		} else {
+			f.inherited[name] = rest
+		}
 	}
 	return e
 }
 
-// use records e as passed on under k, replacing (and closing) what was
-// there.
-func (f *Fds) use(k key, e *entry) {
-	if old := f.used[k]; old != nil && old != e {
-		old.close()
-	}
-	e.key = k
-	f.used[k] = e
+// use records e as passed on.
+func (f *Fds) use(e *entry) {
+	f.used = append(f.used, e)
+}
+
+// replace records e as passed on instead of whatever was passed on under
+// its key, which is closed.
+func (f *Fds) replace(e *entry) {
+	f.used = slices.DeleteFunc(f.used, func(o *entry) bool {
+		if o.key == e.key {
+			o.close()
+			return true
+		}
+		return false
+	})
+	f.use(e)
 }
 
 func (e *entry) close() {
@@ -215,7 +233,7 @@ func (f *Fds) listenerLocked(network, addr string) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, ln)
 	}
-	f.own(k, sln, nil)
+	f.claim(e, sln)
 	return ln, nil
 }
 
@@ -287,7 +305,7 @@ func (f *Fds) packetConnLocked(network, addr string) (net.PacketConn, error) {
 		pc.Close()
 		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, pc)
 	}
-	f.own(k, spc, nil)
+	f.claim(e, spc)
 	return pc, nil
 }
 
@@ -325,7 +343,7 @@ func (f *Fds) Conn(network, addr string) (net.Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, c)
 	}
-	f.own(k, sc, nil)
+	f.claim(e, sc)
 	return c, nil
 }
 
@@ -345,12 +363,11 @@ func (f *Fds) File(name string) (*os.File, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
-	k := key{handover.KindFile, "", name}
-	e := f.take(k)
+	e := f.take(key{handover.KindFile, "", name})
 	if e == nil {
 		return nil, nil
 	}
-	f.use(k, e)
+	f.use(e)
 	return dupFile(e.fd, name)
 }
 
@@ -361,21 +378,25 @@ func (f *Fds) Files() ([]*os.File, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
+	var inherited []key
+	for k := range f.inherited {
+		if k.kind == handover.KindFile {
+			inherited = append(inherited, k)
+		}
+	}
 	var files []*os.File
-	for k, e := range f.inherited {
-		if k.kind != handover.KindFile {
-			continue
-		}
-		f.take(k)
-		f.use(k, e)
-		file, err := dupFile(e.fd, k.addr)
-		if err != nil {
-			for _, file := range files {
-				file.Close()
+	for _, k := range inherited {
+		for e := f.take(k); e != nil; e = f.take(k) {
+			f.use(e)
+			file, err := dupFile(e.fd, k.addr)
+			if err != nil {
+				for _, file := range files {
+					file.Close()
+				}
+				return nil, err
 			}
-			return nil, err
+			files = append(files, file)
 		}
-		files = append(files, file)
 	}
 	return files, nil
 }
@@ -396,23 +417,29 @@ func (f *Fds) addLocked(k key, c syscall.Conn) error {
 	if err != nil {
 		return fmt.Errorf("tableflip: can't duplicate %s: %w", k, err)
 	}
-	delete(f.inherited, k)
-	f.use(k, &entry{key: k, fd: fd, bound: boundAddr(k, c)})
+	f.replace(&entry{key: k, fd: fd, bound: boundAddr(k, c)})
 	return nil
 }
 
-// own records a socket that the program owns.
+// own records a new socket that the program owns.
 func (f *Fds) own(k key, c syscall.Conn, bound net.Addr) {
+	e := &entry{key: k, fd: -1}
+	if bound != nil && bound.String() != k.addr {
+		e.bound = bound.String()
+	}
+	f.claim(e, c)
+}
+
+// claim records that the program owns the socket of e, which keeps the
+// names it was passed on with.
+func (f *Fds) claim(e *entry, c syscall.Conn) {
 	if ul, ok := c.(interface{ SetUnlinkOnClose(bool) }); ok {
 		// The socket file belongs to every generation; only a final
 		// Stop removes it.
 		ul.SetUnlinkOnClose(false)
 	}
-	e := &entry{key: k, fd: -1, owner: c}
-	if bound != nil && bound.String() != k.addr {
-		e.bound = bound.String()
-	}
-	f.use(k, e)
+	e.owner = c
+	f.use(e)
 }
 
 func boundAddr(k key, c syscall.Conn) string {
@@ -462,38 +489,35 @@ func (f *Fds) collect() (*passed, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
-	keys := make([]key, 0, len(f.used))
-	for k := range f.used {
-		keys = append(keys, k)
-	}
-	// A stable order makes the manifest reproducible, which helps when
-	// reading a trace of two generations.
-	slices.SortFunc(keys, func(a, b key) int {
-		return strings.Compare(a.String(), b.String())
-	})
 	p := &passed{
-		entries: make([]handover.Entry, 0, len(keys)),
-		fds:     make([]int, 0, len(keys)),
+		entries: make([]handover.Entry, 0, len(f.used)),
+		fds:     make([]int, 0, len(f.used)),
 	}
-	for _, k := range keys {
-		e := f.used[k]
+	var dupErr error
+	f.used = slices.DeleteFunc(f.used, func(e *entry) bool {
 		fd := e.fd
 		if fd < 0 {
 			var err error
 			fd, err = dupConn(e.owner)
 			if errors.Is(err, errClosed) {
-				f.log.Debug("tableflip: not passing on a closed socket", "socket", k.String())
-				delete(f.used, k)
-				continue
+				f.log.Debug("tableflip: not passing on a closed socket", "socket", e.key.String())
+				return true
 			}
 			if err != nil {
-				p.close()
-				return nil, fmt.Errorf("tableflip: can't duplicate %s: %w", k, err)
+				if dupErr == nil {
+					dupErr = fmt.Errorf("tableflip: can't duplicate %s: %w", e.key, err)
+				}
+				return false
 			}
 			p.dups = append(p.dups, fd)
 		}
-		p.entries = append(p.entries, handover.Entry{Kind: k.kind, Network: k.network, Addr: k.addr, Bound: e.bound})
+		p.entries = append(p.entries, handover.Entry{Kind: e.kind, Network: e.network, Addr: e.addr, Bound: e.bound})
 		p.fds = append(p.fds, fd)
+		return false
+	})
+	if dupErr != nil {
+		p.close()
+		return nil, dupErr
 	}
 	return p, nil
 }
@@ -502,13 +526,15 @@ func (f *Fds) collect() (*passed, error) {
 func (f *Fds) closeInherited() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for k, e := range f.inherited {
-		if k == e.key && k.isUnixFile() {
-			// Nobody serves on it any more: a stale socket file
-			// would only make clients wait for nothing.
-			unlinkUnixSocket(k.addr)
+	for k, list := range f.inherited {
+		for _, e := range list {
+			if k == e.key && k.isUnixFile() {
+				// Nobody serves on it any more: a stale socket
+				// file would only make clients wait for nothing.
+				unlinkUnixSocket(k.addr)
+			}
+			e.close()
 		}
-		e.close()
 	}
 	clear(f.inherited)
 }
@@ -518,13 +544,13 @@ func (f *Fds) closeInherited() {
 func (f *Fds) closeUsed(final bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for k, e := range f.used {
-		if final && k.isUnixFile() {
-			unlinkUnixSocket(k.addr)
+	for _, e := range f.used {
+		if final && e.isUnixFile() {
+			unlinkUnixSocket(e.addr)
 		}
 		e.close()
 	}
-	clear(f.used)
+	f.used = nil
 }
 
 // unlinkUnixSocket removes path if it is a socket.

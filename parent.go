@@ -114,8 +114,19 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 		}
 	}
 	conn.Close()
+	grace := min(killGrace, u.opts.UpgradeTimeout)
+	if state == nil && errors.Is(reason, ErrHandover) {
+		// A child that refused the handover exits by itself: its own
+		// exit status says more than our signal would.
+		t := time.NewTimer(grace)
+		select {
+		case state = <-exited:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	if state == nil {
-		state = terminate(proc, exited, min(killGrace, u.opts.UpgradeTimeout))
+		state = terminate(proc, exited, grace)
 	}
 	if handshake != nil {
 		<-handshake

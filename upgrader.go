@@ -98,7 +98,7 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 	}
 	log := opts.Logger
 	if log == nil {
-		log = slog.New(discard{})
+		log = slogDiscard
 	}
 	parent, inherited, err := inherit(env, log)
 	if err != nil {
@@ -334,6 +334,9 @@ var stdEnv = func() *osEnv {
 		wd:        wd,
 	}
 }()
+
+// slogDiscard is the logger used when Options.Logger is nil.
+var slogDiscard = slog.New(discard{})
 
 type discard struct{}
 
