@@ -1,0 +1,172 @@
+package handover
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestEnvRoundTrip(t *testing.T) {
+	e := Env{Version: Version, PID: 1234, FD: 3, Token: [TokenSize]byte{1, 2, 3}}
+	got, err := ParseEnv(e.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != e {
+		t.Errorf("ParseEnv(%q) = %+v, want %+v", e.String(), got, e)
+	}
+}
+
+func TestParseEnvErrors(t *testing.T) {
+	token := strings.Repeat("ab", TokenSize)
+	for _, tc := range []struct {
+		value string
+		want  string
+		is    error
+	}{
+		{"", "does not start with a version", ErrMalformed},
+		{"1;pid=2;fd=3", "does not start with a version", ErrMalformed},
+		{"vX;pid=2;fd=3", `version "X" is not a number`, ErrMalformed},
+		{"v1;pid=2", "pid and fd are required", ErrMalformed},
+		{"v1;pid=abc;fd=3;token=" + token, `pid "abc" is not a number`, ErrMalformed},
+		{"v1;pid=-1;fd=3;token=" + token, `pid "-1" is not a number`, ErrMalformed},
+		{"v1;pid=2;fd=1;token=" + token, "fd 1 is a standard stream", ErrMalformed},
+		{"v1;pid=2;fd=3;token=zz", "token is not 32 hex digits", ErrMalformed},
+		{"v1;pid=2;fd=3;pid=4;token=" + token, `bad field "pid=4"`, ErrMalformed},
+		{"v1;pid=2;fd=3;colour=red;token=" + token, `unknown field "colour"`, ErrMalformed},
+		{"v2;pid=2;fd=3;more=1", "unsupported protocol version 2", ErrVersion},
+	} {
+		_, err := ParseEnv(tc.value)
+		if err == nil || !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseEnv(%q) = %v, want an error wrapping %v that says %q", tc.value, err, tc.is, tc.want)
+		}
+	}
+}
+
+func TestHelloRoundTrip(t *testing.T) {
+	h := Hello{Version: Version, Token: [TokenSize]byte{9}, Entries: []Entry{
+		{Kind: KindListener, Network: "tcp", Addr: "127.0.0.1:0", Bound: "127.0.0.1:4242"},
+		{Kind: KindPacketConn, Network: "unixgram", Addr: "@abstract"},
+		{Kind: KindFile, Addr: "state"},
+	}}
+	b, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Hello
+	if err := got.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	if got.Token != h.Token || len(got.Entries) != len(h.Entries) {
+		t.Fatalf("round trip: got %+v, want %+v", got, h)
+	}
+	for i := range h.Entries {
+		if got.Entries[i] != h.Entries[i] {
+			t.Errorf("entry %d: got %+v, want %+v", i, got.Entries[i], h.Entries[i])
+		}
+	}
+}
+
+func TestHelloErrors(t *testing.T) {
+	good, _ := (&Hello{Version: Version, Entries: []Entry{{Kind: KindListener, Network: "tcp", Addr: "x"}}}).MarshalBinary()
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"empty", nil, "has no version"},
+		{"other version", []byte{0, 2}, "unsupported protocol version 2"},
+		{"no token", good[:5], "truncated in its token"},
+		{"truncated entry", good[:len(good)-1], "entry 0"},
+		{"trailing bytes", append(append([]byte{}, good...), 0), "1 bytes after the last entry"},
+		{"bad kind", append(append([]byte{}, good[:19]...), 'Z', 0, 0, 0), "unknown kind"},
+		{"huge count", append(append([]byte{}, good[:18]...), 0xff, 0xff, 0xff, 0x7f), "claims"},
+	} {
+		var h Hello
+		err := h.UnmarshalBinary(tc.b)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error that says %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestReadFrameErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"bad magic", []byte("XXXXH\x00\x00\x00\x00"), "not \"TFLP\""},
+		{"truncated header", []byte("TFL"), "header is truncated"},
+		{"too large", []byte("TFLPH\xff\xff\xff\xff"), "larger than"},
+		{"truncated payload", []byte("TFLPH\x00\x00\x00\x05ab"), "truncated"},
+	} {
+		_, _, err := ReadFrame(bytes.NewReader(tc.b))
+		if err == nil || !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want ErrMalformed saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// FuzzParseEnv: whatever the environment holds, ParseEnv returns an error
+// or a value that formats back to itself.
+func FuzzParseEnv(f *testing.F) {
+	f.Add(Env{Version: 1, PID: 7, FD: 3}.String())
+	f.Add("v2;pid=1;fd=3")
+	f.Add("v1;pid=;fd=")
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := ParseEnv(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseEnv(e.String())
+		if err != nil || again != e {
+			t.Fatalf("ParseEnv(%q) = %+v, but its String %q parses to %+v, %v", s, e, e.String(), again, err)
+		}
+	})
+}
+
+// FuzzHello: the decoder never panics, and what it accepts encodes back
+// to the same bytes.
+func FuzzHello(f *testing.F) {
+	good, _ := (&Hello{Version: Version, Entries: []Entry{
+		{Kind: KindListener, Network: "tcp", Addr: "127.0.0.1:0", Bound: "127.0.0.1:1"},
+		{Kind: KindFile, Addr: "f"},
+	}}).MarshalBinary()
+	f.Add(good)
+	f.Add([]byte{0, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var h Hello
+		if err := h.UnmarshalBinary(b); err != nil {
+			return
+		}
+		again, err := h.MarshalBinary()
+		if err != nil {
+			t.Fatalf("accepted hello does not encode: %v", err)
+		}
+		var h2 Hello
+		if err := h2.UnmarshalBinary(again); err != nil || len(h2.Entries) != len(h.Entries) {
+			t.Fatalf("re-encoded hello does not decode the same: %v", err)
+		}
+	})
+}
+
+// FuzzReadFrame: any byte stream yields frames or an error, never a panic
+// or an allocation beyond MaxPayload.
+func FuzzReadFrame(f *testing.F) {
+	f.Add(AppendFrame(nil, FrameReady, []byte{0, 0, 0, 1}))
+	f.Add([]byte("TFLPX\x00\x00\x00\x02hi"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bytes.NewReader(b)
+		for {
+			_, payload, err := ReadFrame(r)
+			if err != nil {
+				return
+			}
+			if len(payload) > MaxPayload {
+				t.Fatalf("payload of %d bytes", len(payload))
+			}
+		}
+	})
+}
