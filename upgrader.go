@@ -227,7 +227,13 @@ func (u *Upgrader) Upgrade() error {
 	case <-u.stopC:
 		return ErrStopped
 	case <-u.exitC:
-		return ErrUpgraded
+		// Exit closes after Stop too: tell the two apart.
+		select {
+		case <-u.stopC:
+			return ErrStopped
+		default:
+			return ErrUpgraded
+		}
 	case u.upgradeC <- response:
 	}
 	return <-response

@@ -1,0 +1,90 @@
+// Package tableflip upgrades a running network service without dropping a
+// connection: the running process starts a new copy of its program, hands
+// it its listening sockets, and stops serving only once the new copy says
+// it is ready. If the new copy crashes, hangs or refuses, nothing changes
+// for the clients and the old process keeps serving.
+//
+// It keeps the API of cloudflare/tableflip v1.2.3 (change the import path
+// and nothing else) and fixes its faults: the handover is a versioned
+// protocol on one Unix socket whose variable is removed and whose
+// descriptors are close-on-exec as soon as they are read; the new process
+// checks who its parent is; errors can be told apart with errors.Is and
+// errors.As; a new generation that misses its deadline gets SIGTERM, then
+// SIGKILL, and is reaped; the PID file is written atomically and only once
+// the parent has acknowledged the new generation; an inherited connection
+// really closes when the program closes it.
+//
+// # Usage
+//
+// A program creates one Upgrader, asks it for its sockets, calls Ready
+// once it can serve, and upgrades on a signal of its choosing. When an
+// upgrade has succeeded, Exit is closed: the old process stops accepting
+// and finishes its work. Package drain does that without losing a request.
+//
+//	upg, err := tableflip.New(tableflip.Options{PIDFile: "/run/app.pid"})
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	defer upg.Stop()
+//
+//	go func() {
+//		sig := make(chan os.Signal, 1)
+//		signal.Notify(sig, syscall.SIGHUP)
+//		for range sig {
+//			if err := upg.Upgrade(); err != nil {
+//				log.Println("upgrade failed:", err)
+//			}
+//		}
+//	}()
+//
+//	ln, err := upg.Listen("tcp", ":8080")
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	srv := drain.NewServer(&http.Server{Handler: handler}, drain.Options{})
+//	go srv.Serve(ln)
+//
+//	if err := upg.Ready(); err != nil {
+//		log.Fatal(err)
+//	}
+//	<-upg.Exit()
+//
+//	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+//	defer cancel()
+//	srv.Drain(ctx)
+//
+// # Under systemd
+//
+// With a PID file, systemd follows the serving generation:
+//
+//	[Service]
+//	Type=forking
+//	PIDFile=/run/app.pid
+//	ExecStart=/usr/local/bin/app
+//	ExecReload=/bin/kill -HUP $MAINPID
+//
+// examples/systemd has units for Type=notify and Type=notify-reload, which
+// make systemctl reload wait for the outcome of the upgrade.
+//
+// # How an upgrade goes
+//
+// Upgrade starts the program again (the same arguments, environment and
+// initial working directory), with one end of a Unix socket pair. Over it
+// the new generation receives the names and descriptors of every socket
+// and file in Fds, calls Ready, and is acknowledged; then Upgrade returns
+// nil in the old generation and Exit is closed. The protocol is described
+// in internal/handover. Only one upgrade runs at a time, and by default a
+// new generation refuses to upgrade until its parent has exited.
+//
+// # Ownership of sockets
+//
+// A socket that Fds hands out belongs to the program: closing it closes it,
+// and a socket closed before an upgrade is not passed on. The Add methods
+// keep a duplicate of what they are given, which the caller may close.
+//
+// # Other platforms
+//
+// On platforms that are not unix (Windows, Plan 9, wasm), New succeeds,
+// Listen creates fresh sockets and Upgrade returns ErrNotSupported, so the
+// same program runs there without upgrades.
+package tableflip

@@ -1,0 +1,147 @@
+//go:build unix
+
+package tableflip_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/seed589fcc9d/tableflip"
+	"github.com/seed589fcc9d/tableflip/drain"
+)
+
+// An HTTP server that upgrades on SIGHUP and drains without losing a
+// request.
+func Example_httpServer() {
+	upg, err := tableflip.New(tableflip.Options{PIDFile: "app.pid"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer upg.Stop()
+
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGHUP)
+		defer signal.Stop(sig)
+		for range sig {
+			if err := upg.Upgrade(); err != nil {
+				log.Println("upgrade failed:", err)
+			}
+		}
+	}()
+
+	ln, err := upg.Listen("tcp", "localhost:8080")
+	if err != nil {
+		log.Fatal(err)
+	}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %d\n", os.Getpid())
+	})
+	srv := drain.NewServer(&http.Server{Handler: handler}, drain.Options{})
+	go srv.Serve(ln)
+
+	if err := upg.Ready(); err != nil {
+		log.Fatal(err)
+	}
+	<-upg.Exit()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if stats, err := srv.Drain(ctx); err != nil {
+		log.Printf("drain cut %d connections: %v", stats.Cut(), err)
+	}
+}
+
+// A TCP echo server that upgrades on SIGHUP; each generation finishes its
+// own connections.
+func Example_tcpServer() {
+	upg, err := tableflip.New(tableflip.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer upg.Stop()
+
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGHUP)
+		defer signal.Stop(sig)
+		for range sig {
+			if err := upg.Upgrade(); err != nil {
+				log.Println("upgrade failed:", err)
+			}
+		}
+	}()
+
+	ln, err := upg.Listen("tcp", "localhost:7070")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// drain.Listener tells each connection when to wind down.
+	dl := drain.NewListener(ln, drain.Options{})
+	go func() {
+		for {
+			c, err := dl.AcceptConn()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 1024)
+				for c.Context().Err() == nil {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					c.Write(buf[:n])
+				}
+			}()
+		}
+	}()
+
+	if err := upg.Ready(); err != nil {
+		log.Fatal(err)
+	}
+	<-upg.Exit()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dl.Drain(ctx)
+}
+
+// The lifecycle of a first generation, start to final stop.
+func ExampleNew() {
+	upg, err := tableflip.New(tableflip.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ln, err := upg.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+
+	fmt.Println("upgrade before Ready:", upg.Upgrade())
+	if err := upg.Ready(); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("has parent:", upg.HasParent())
+
+	upg.Stop()
+	<-upg.Exit()
+	fmt.Println("upgrade after Stop:", upg.Upgrade())
+
+	_, err = net.Dial("tcp", ln.Addr().String())
+	fmt.Println("still serving until the program closes its listener:", err == nil)
+	// Output:
+	// upgrade before Ready: tableflip: process is not ready yet
+	// has parent: false
+	// upgrade after Stop: tableflip: upgrader is stopped
+	// still serving until the program closes its listener: true
+}
