@@ -1,0 +1,45 @@
+//go:build linux
+
+package tableflip
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// BenchmarkUpgrade times Upgrade in a real server, from the call to the
+// new generation's acknowledged readiness, with 1, 100, 1000 and 4000
+// listening sockets passed on. The old generation's exit is not timed.
+//
+//	go test -run '^$' -bench Upgrade -benchtime 50x .
+func BenchmarkUpgrade(b *testing.B) {
+	for _, n := range []int{1, 100, 1000, 4000} {
+		b.Run(fmt.Sprintf("sockets=%d", n), func(b *testing.B) {
+			// The server's own TCP and UDP sockets count too.
+			s := startServer(b, serverConfig{env: []string{extraEnv + "=" + strconv.Itoa(max(n-2, 0))}})
+			var took []time.Duration
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				reply := s.command("upgrade")
+				took = append(took, time.Since(start))
+				b.StopTimer()
+				if reply != "ok" {
+					b.Fatalf("upgrade: %s", reply)
+				}
+				old := s.pid
+				s.pid, _ = strconv.Atoi(s.waitLine("ready ")[1])
+				s.waitEvent(old, "exiting")
+				s.reap(old)
+				s.command("waitparent")
+				b.StartTimer()
+			}
+			sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+			b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "ms-median")
+			b.ReportMetric(float64(took[len(took)*99/100].Microseconds())/1000, "ms-p99")
+		})
+	}
+}
