@@ -43,7 +43,7 @@ func (s *server) failedUpgrade(mode string) string {
 }
 
 // children lists the child pids of pid.
-func children(t *testing.T, pid int) string {
+func children(t testing.TB, pid int) string {
 	t.Helper()
 	var all []string
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))

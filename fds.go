@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -82,6 +83,14 @@ type entry struct {
 	bound string
 	fd    int
 	owner syscall.Conn
+	// taken is set when the entry leaves the inherited set.
+	taken bool
+
+	// An inherited socket is made into its net object once (see
+	// prepare): obj and convErr are set when conv is done.
+	conv    sync.Once
+	obj     io.Closer
+	convErr error
 }
 
 // Fds holds the sockets and files that are passed from one generation to
@@ -117,7 +126,67 @@ func newFds(inherited []*entry, lc *net.ListenConfig, log *slog.Logger) *Fds {
 			f.inherited[k] = append(f.inherited[k], e)
 		}
 	}
+	prepare(inherited)
 	return f
+}
+
+// prepare makes the net objects of inherited sockets in the background,
+// on every CPU, while the program initialises: for thousands of sockets
+// that is most of the time a new generation takes to get ready, and the
+// program's Listen calls then find them made.
+func prepare(entries []*entry) {
+	workers := min(runtime.GOMAXPROCS(0), len(entries))
+	for w := range workers {
+		go func() {
+			for i := w; i < len(entries); i += workers {
+				entries[i].convert()
+			}
+		}()
+	}
+}
+
+// convert makes the net object of an inherited socket, which then holds
+// the descriptor. Files stay descriptors.
+func (e *entry) convert() {
+	e.conv.Do(func() {
+		var make func(*os.File) (io.Closer, error)
+		switch e.kind {
+		case handover.KindListener:
+			make = func(f *os.File) (io.Closer, error) { return net.FileListener(f) }
+		case handover.KindPacketConn:
+			make = func(f *os.File) (io.Closer, error) { return net.FilePacketConn(f) }
+		case handover.KindConn:
+			make = func(f *os.File) (io.Closer, error) { return net.FileConn(f) }
+		default:
+			return
+		}
+		// os.NewFile leaves a non-blocking descriptor non-blocking,
+		// and so does Fd on such a File: the socket the parent still
+		// serves on never turns blocking.
+		file := os.NewFile(uintptr(e.fd), e.key.String())
+		e.fd = -1
+		e.obj, e.convErr = make(file)
+		file.Close()
+		if e.convErr != nil {
+			e.convErr = fmt.Errorf("tableflip: can't use inherited %s: %w", e.key, e.convErr)
+		}
+	})
+}
+
+// object hands the net object of an inherited socket to the program.
+func object[T any](e *entry) (T, error) {
+	var zero T
+	e.convert()
+	if e.convErr != nil {
+		return zero, e.convErr
+	}
+	v, ok := e.obj.(T)
+	if !ok {
+		e.obj.Close()
+		return zero, fmt.Errorf("tableflip: inherited %s is a %T", e.key, e.obj)
+	}
+	e.obj = nil
+	return v, nil
 }
 
 // names are the keys an entry is found by.
@@ -134,18 +203,19 @@ func (e *entry) names() []key {
 // address it was asked for or by the address it is bound to.
 func (f *Fds) take(k key) *entry {
 	list := f.inherited[k]
+	// An entry taken by its other name stays in this list until it
+	// comes to the front: thousands of sockets under one name are taken
+	// in linear time.
+	for len(list) > 0 && list[0].taken {
+		list = list[1:]
+	}
 	if len(list) == 0 {
+		delete(f.inherited, k)
 		return nil
 	}
 	e := list[0]
-	for _, name := range e.names() {
-		rest := slices.DeleteFunc(f.inherited[name], func(o *entry) bool { return o == e })
-		if len(rest) == 0 {
-			delete(f.inherited, name)
-		} else {
-			f.inherited[name] = rest
-		}
-	}
+	e.taken = true
+	f.inherited[k] = list[1:]
 	return e
 }
 
@@ -224,16 +294,11 @@ func (f *Fds) listenerLocked(network, addr string) (net.Listener, error) {
 	if e == nil {
 		return nil, nil
 	}
-	ln, err := fromFD(e, net.FileListener)
+	ln, err := object[Listener](e)
 	if err != nil {
 		return nil, err
 	}
-	sln, ok := ln.(Listener)
-	if !ok {
-		ln.Close()
-		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, ln)
-	}
-	f.claim(e, sln)
+	f.claim(e, ln)
 	return ln, nil
 }
 
@@ -296,16 +361,11 @@ func (f *Fds) packetConnLocked(network, addr string) (net.PacketConn, error) {
 	if e == nil {
 		return nil, nil
 	}
-	pc, err := fromFD(e, net.FilePacketConn)
+	pc, err := object[PacketConn](e)
 	if err != nil {
 		return nil, err
 	}
-	spc, ok := pc.(PacketConn)
-	if !ok {
-		pc.Close()
-		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, pc)
-	}
-	f.claim(e, spc)
+	f.claim(e, pc)
 	return pc, nil
 }
 
@@ -334,16 +394,11 @@ func (f *Fds) Conn(network, addr string) (net.Conn, error) {
 	if e == nil {
 		return nil, nil
 	}
-	c, err := fromFD(e, net.FileConn)
+	c, err := object[Conn](e)
 	if err != nil {
 		return nil, err
 	}
-	sc, ok := c.(Conn)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("tableflip: inherited %s is a %T", k, c)
-	}
-	f.claim(e, sc)
+	f.claim(e, c)
 	return c, nil
 }
 
@@ -456,19 +511,6 @@ func boundAddr(k key, c syscall.Conn) string {
 	return a.String()
 }
 
-// fromFD makes a net object of an inherited descriptor, which it closes:
-// the object holds a descriptor of its own.
-func fromFD[T any](e *entry, make func(*os.File) (T, error)) (T, error) {
-	file := os.NewFile(uintptr(e.fd), e.key.String())
-	e.fd = -1
-	v, err := make(file)
-	file.Close()
-	if err != nil {
-		return v, fmt.Errorf("tableflip: can't use inherited %s: %w", e.key, err)
-	}
-	return v, nil
-}
-
 // passed is what an upgrade hands to the next generation.
 type passed struct {
 	entries []handover.Entry
@@ -528,10 +570,18 @@ func (f *Fds) closeInherited() {
 	defer f.mu.Unlock()
 	for k, list := range f.inherited {
 		for _, e := range list {
+			if e.taken {
+				continue
+			}
 			if k == e.key && k.isUnixFile() {
 				// Nobody serves on it any more: a stale socket
 				// file would only make clients wait for nothing.
 				unlinkUnixSocket(k.addr)
+			}
+			e.conv.Do(func() {}) // waits for a conversion under way
+			if e.obj != nil {
+				e.obj.Close()
+				e.obj = nil
 			}
 			e.close()
 		}

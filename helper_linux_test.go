@@ -36,6 +36,7 @@ const (
 	unixPathEnv = "TABLEFLIP_TEST_UNIX"
 	timeoutEnv  = "TABLEFLIP_TEST_TIMEOUT"
 	tcpAddrEnv  = "TABLEFLIP_TEST_TCP"
+	extraEnv    = "TABLEFLIP_TEST_EXTRA_LISTENERS"
 )
 
 var helpers = map[string]func() int{
@@ -123,6 +124,14 @@ func helperServer() int {
 	var uln net.Listener
 	if path := os.Getenv(unixPathEnv); path != "" {
 		if uln, err = upg.Listen("unix", path); err != nil {
+			say("listen-error %v", err)
+			return 1
+		}
+	}
+	extra, _ := strconv.Atoi(os.Getenv(extraEnv))
+	for range extra {
+		// All under one name: they come back in order.
+		if _, err := upg.Listen("tcp", "127.0.0.1:0"); err != nil {
 			say("listen-error %v", err)
 			return 1
 		}
@@ -228,6 +237,8 @@ func handleCommands(upg *Upgrader, ln net.Listener, c net.Conn) {
 			} else {
 				reply = "kept"
 			}
+		case "waitparent":
+			reply = fmt.Sprint(upg.WaitForParent(context.Background()))
 		case "hasparent":
 			reply = strconv.FormatBool(upg.HasParent())
 		case "nonblock":
@@ -318,7 +329,7 @@ func countFDs() int {
 
 // server is the test's handle on a running chain of generations.
 type server struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	tcp     string
 	udp     string
@@ -337,7 +348,7 @@ type serverConfig struct {
 }
 
 // startServer starts the first generation and waits until it is ready.
-func startServer(t *testing.T, cfg serverConfig) *server {
+func startServer(t testing.TB, cfg serverConfig) *server {
 	t.Helper()
 	dir := t.TempDir()
 	s := &server{t: t, dir: dir, lines: make(chan string, 100), seen: map[int]bool{}, pidFile: filepath.Join(dir, "server.pid")}
@@ -461,6 +472,9 @@ func (s *server) upgrade() int {
 	}
 	s.waitEvent(old, "exiting")
 	s.reap(old)
+	if got := s.command("waitparent"); got != "<nil>" {
+		s.t.Fatalf("WaitForParent in pid %d: %s", s.pid, got)
+	}
 	return s.pid
 }
 
@@ -519,7 +533,7 @@ func (s *server) udpPID() string {
 	return string(buf[:n])
 }
 
-func unixPID(t *testing.T, path string) string {
+func unixPID(t testing.TB, path string) string {
 	t.Helper()
 	c, err := net.Dial("unix", path)
 	if err != nil {

@@ -40,9 +40,6 @@ func newPIDFile(path, wd string) (*pendingPID, error) {
 	if err == nil {
 		err = f.Chmod(0o644)
 	}
-	if err == nil {
-		err = f.Sync()
-	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -273,8 +273,17 @@ func (u *Upgrader) run() {
 				request <- ErrNotReady
 				continue
 			case parentExited != nil:
-				request <- ErrParentRunning
-				continue
+				// WaitForParent may have seen the exit before
+				// this loop did: an upgrade after it returned is
+				// never refused.
+				select {
+				case <-parentExited:
+					parentExited = nil
+					u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+				default:
+					request <- ErrParentRunning
+					continue
+				}
 			}
 			err := u.upgrade()
 			request <- err
