@@ -50,6 +50,10 @@
 //     generation and will stop serving. Only now does the child write its
 //     PID file.
 //
+// If the program hands on state, the manifest's last entry is of kind
+// KindState: a second Unix stream socket on which the parent streams the
+// state while the child initialises (see StateWriter).
+//
 // Either side may instead send FrameError with a UTF-8 message and close
 // the socket; the parent also gives up when the child exits or misses its
 // deadline. After FrameAck the parent keeps its end open until it exits, so
@@ -96,6 +100,9 @@ const (
 	KindPacketConn = 'P'
 	KindConn       = 'C'
 	KindFile       = 'F'
+	// KindState is the socket that carries the state stream (see
+	// StateWriter). It has no network or address.
+	KindState = 'S'
 )
 
 const (
@@ -251,7 +258,7 @@ func (h *Hello) MarshalBinary() ([]byte, error) {
 
 func validKind(k byte) bool {
 	switch k {
-	case KindListener, KindPacketConn, KindConn, KindFile:
+	case KindListener, KindPacketConn, KindConn, KindFile, KindState:
 		return true
 	}
 	return false
@@ -297,7 +304,7 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 				return malformed("entry %d: %v", i, err)
 			}
 		}
-		if e.Network == "" && e.Kind != KindFile {
+		if e.Network == "" && e.Kind != KindFile && e.Kind != KindState {
 			return malformed("entry %d (%s) has no network", i, e.Addr)
 		}
 		h.Entries = append(h.Entries, e)
