@@ -212,4 +212,3 @@ func check(c any) error {
 	}
 	return nil
 }
-

@@ -203,10 +203,3 @@ func (c *Conn) ReadFrame() (typ byte, payload []byte, err error) {
 // if fd is not a connected Unix socket. The kernel records it when the
 // pair is made, so it names the parent even after the parent has exited.
 func PeerPID(fd int) int { return peerPID(fd) }
-
-// PeerError is a FrameError received from the other side.
-type PeerError struct {
-	Message string
-}
-
-func (e *PeerError) Error() string { return "handover: peer reported: " + e.Message }

@@ -133,6 +133,13 @@ func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
 }
 
+// PeerError is a FrameError received from the other side.
+type PeerError struct {
+	Message string
+}
+
+func (e *PeerError) Error() string { return "handover: peer reported: " + e.Message }
+
 // Env is what the environment variable carries.
 type Env struct {
 	Version int
