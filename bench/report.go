@@ -58,8 +58,7 @@ func ratio(ours, theirs float64) string {
 // table writes a markdown table with a row label, one column per
 // implementation and our ratio to the other two.
 type table struct {
-	b    *strings.Builder
-	head string
+	b *strings.Builder
 }
 
 func newTable(b *strings.Builder, label string) *table {
