@@ -155,6 +155,7 @@ func (h *hub) startChain(ctx context.Context, impl, ip string, ports []int) (*ch
 		envCtl+"="+h.path,
 		envIP+"="+ip,
 		envPorts+"="+strings.Join(ps, ","),
+		envProf+"="+h.dir,
 	)
 	pid, err := h.procs.start([]string{h.exe}, env, log, log)
 	if err != nil {
@@ -240,6 +241,41 @@ func (c *chain) upgrade(ctx context.Context) (upgradeResult, error) {
 	}
 	old.conn.Close()
 	return r, nil
+}
+
+// profile takes a CPU profile of the serving generation for d and returns
+// the file it is in.
+func (c *chain) profile(ctx context.Context, d time.Duration) (string, error) {
+	g := c.cur
+	if err := unix.Kill(g.pid, unix.SIGUSR1); err != nil {
+		return "", err
+	}
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+	if err := unix.Kill(g.pid, unix.SIGUSR2); err != nil {
+		return "", err
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case line, ok := <-g.lines:
+			if !ok {
+				return "", fmt.Errorf("%s: generation %d went away while profiling", c.id, g.pid)
+			}
+			f := strings.SplitN(line, " ", 3)
+			if len(f) < 3 || f[0] != "profile" {
+				continue
+			}
+			if f[1] != "ok" {
+				return "", fmt.Errorf("%s: profile: %s", c.id, f[2])
+			}
+			return f[2], nil
+		case <-timeout:
+			return "", fmt.Errorf("%s: no profile from %d", c.id, g.pid)
+		}
+	}
 }
 
 // stop stops the serving generation and waits for it.

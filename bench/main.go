@@ -77,6 +77,7 @@ type config struct {
 	steady         int   // figure 4: steady-state seconds per implementation
 	footprint      int   // figure 5, upgrades per implementation
 	strace         bool
+	profile        bool
 	out            string
 	args           []string
 }
@@ -95,6 +96,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.steady, "steady", 15, "`seconds` of steady-state load per implementation")
 	fs.IntVar(&c.footprint, "footprint-upgrades", 1000, "`n` upgrades per implementation before comparing fds and RSS")
 	fs.BoolVar(&c.strace, "strace", true, "count the syscalls of one upgrade per implementation with strace -c -f, if strace is installed")
+	fs.BoolVar(&c.profile, "profile", true, "take a CPU profile of each server under steady load and summarise it with go tool pprof, if go is installed")
 	fs.StringVar(&c.out, "out", defaultOut(), "`file` to write the report to (- for standard output)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -34,6 +34,7 @@ type results struct {
 	storm     map[string]*latencies      // figure 4: the keepalive segments of figure 3
 	footprint map[string]*footprint      // figure 5
 	strace    []straceResult
+	profiles  []profileResult
 	notes     []string
 }
 
@@ -112,6 +113,12 @@ type footprint struct {
 	First, Second, Last sample
 	FirstPID, LastPID   int
 	SecondPID           int
+}
+
+type profileResult struct {
+	Impl string
+	Top  string
+	Err  string
 }
 
 type straceResult struct {
@@ -376,7 +383,76 @@ func (b *bencher) steadyState() error {
 			b.res.steady[impl].add(r)
 		}
 	}
+	if b.cfg.profile {
+		b.profiles(chains)
+	}
 	return nil
+}
+
+// profiles takes a CPU profile of each implementation's server under the
+// same keep-alive load and keeps the top of go tool pprof's summary.
+func (b *bencher) profiles(chains map[string]*chain) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		b.res.notes = append(b.res.notes, "go is not on PATH: no CPU profiles.")
+		return
+	}
+	for _, impl := range impls {
+		pr := profileResult{Impl: impl}
+		top, err := b.profile(goTool, chains[impl])
+		if err != nil {
+			pr.Err = err.Error()
+		}
+		pr.Top = top
+		b.res.profiles = append(b.res.profiles, pr)
+	}
+}
+
+func (b *bencher) profile(goTool string, c *chain) (string, error) {
+	l, err := loadgen.Start(b.ctx, b.loadOptions(c, loadModes[0]))
+	if err != nil {
+		return "", err
+	}
+	time.Sleep(200 * time.Millisecond)
+	path, err := c.profile(b.ctx, 3*time.Second)
+	l.Stop()
+	if err != nil {
+		return "", err
+	}
+	top, err := b.pprof(goTool, path, "-top", "-nodecount=25")
+	if err != nil || c.impl != implOurs {
+		return top, err
+	}
+	// What the drain wrapper itself costs: the samples under package
+	// drain, by cumulative time.
+	focus, err := b.pprof(goTool, path, "-top", "-cum", "-nodecount=12", "-focus=tableflip/drain")
+	return top + "\n\n# -focus=tableflip/drain -cum\n" + focus, err
+}
+
+// pprof runs go tool pprof on a profile of the sample server.
+func (b *bencher) pprof(goTool, path string, args ...string) (string, error) {
+	out, err := os.CreateTemp(b.h.dir, "pprof-*.txt")
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	argv := append([]string{goTool, "tool", "pprof"}, args...)
+	pid, err := b.h.procs.start(append(argv, b.h.exe, path), os.Environ(), out, out)
+	if err != nil {
+		return "", err
+	}
+	exited, status := b.h.procs.wait(pid)
+	select {
+	case <-exited:
+	case <-time.After(60 * time.Second):
+		_ = unix.Kill(pid, unix.SIGKILL)
+		<-exited
+	}
+	txt, _ := os.ReadFile(out.Name())
+	if ws := status(); ws.ExitStatus() != 0 {
+		return "", fmt.Errorf("go tool pprof: %s: %s", waitString(ws), txt)
+	}
+	return strings.TrimSpace(string(txt)), nil
 }
 
 func (b *bencher) footprints() error {

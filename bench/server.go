@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +30,7 @@ const (
 	envCtl   = "BENCH_CTL"   // the runner's control socket
 	envIP    = "BENCH_IP"    // loopback address to listen on
 	envPorts = "BENCH_PORTS" // comma-separated ports: the HTTP one, then the idle ones
+	envProf  = "BENCH_PROF"  // directory for CPU profiles (SIGUSR1 starts one, SIGUSR2 writes it)
 )
 
 // Implementations, in the order reports show them.
@@ -162,10 +165,19 @@ func dialControl(cfg *serverConfig, prepare, upgrade func() error, stop func()) 
 // a moment after the runner has reaped it.
 func (c *control) handleSignals(prepare, upgrade func() error, stop func()) {
 	c.sigs = make(chan os.Signal, 1)
-	signal.Notify(c.sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(c.sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2)
 	go func() {
+		var prof *os.File
 		for sig := range c.sigs {
-			if sig != syscall.SIGHUP {
+			switch sig {
+			case syscall.SIGUSR1:
+				prof = c.startProfile()
+				continue
+			case syscall.SIGUSR2:
+				c.stopProfile(prof)
+				prof = nil
+				continue
+			case syscall.SIGTERM, syscall.SIGINT:
 				stop()
 				return
 			}
@@ -188,6 +200,39 @@ func (c *control) handleSignals(prepare, upgrade func() error, stop func()) {
 			c.mu.Unlock()
 		}
 	}()
+}
+
+// startProfile starts a CPU profile in the directory the runner named.
+func (c *control) startProfile() *os.File {
+	dir := os.Getenv(envProf)
+	if dir == "" {
+		return nil
+	}
+	f, err := os.Create(filepath.Join(dir, strconv.Itoa(os.Getpid())+".prof"))
+	if err != nil {
+		fmt.Fprintf(c.conn, "profile err %v\n", err)
+		return nil
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		fmt.Fprintf(c.conn, "profile err %v\n", err)
+		return nil
+	}
+	return f
+}
+
+// stopProfile writes the profile and tells the runner where it is.
+func (c *control) stopProfile(f *os.File) {
+	if f == nil {
+		fmt.Fprintf(c.conn, "profile err no profile running\n")
+		return
+	}
+	pprof.StopCPUProfile()
+	if err := f.Close(); err != nil {
+		fmt.Fprintf(c.conn, "profile err %v\n", err)
+		return
+	}
+	fmt.Fprintf(c.conn, "profile ok %s\n", f.Name())
 }
 
 // waitForParent is the prepare step of the two libraries.
