@@ -31,6 +31,9 @@ type parentLink struct {
 	// it did so before acknowledging.
 	exited  chan struct{}
 	exitErr error
+	// generation is the parent's generation number (0 from a parent
+	// that predates it).
+	generation uint64
 }
 
 // inherit reads what the parent passed on, if this process was started by
@@ -97,6 +100,8 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 		pid:    he.PID,
 		ack:    make(chan struct{}),
 		exited: make(chan struct{}),
+
+		generation: hello.Generation,
 	}
 	go p.watch()
 	return p, entries, nil

@@ -91,7 +91,8 @@ func helperServer() int {
 	if os.Getenv("TABLEFLIP_TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	upg, err := New(Options{PIDFile: os.Getenv(pidFileEnv), UpgradeTimeout: timeout, Logger: logger})
+	upg, err := New(Options{PIDFile: os.Getenv(pidFileEnv), UpgradeTimeout: timeout, Logger: logger,
+		ControlSocket: os.Getenv(controlEnv), ControlSocketGroup: os.Getenv(controlGroupEnv)})
 	if err != nil {
 		say("new-error %v", err)
 		return 1

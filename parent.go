@@ -71,7 +71,7 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 		exited <- state
 	}()
 	handshake := make(chan error, 1)
-	go func() { handshake <- handOver(conn, p, he.Token, proc.Pid) }()
+	go func() { handshake <- handOver(conn, p, he.Token, proc.Pid, u.stats.generation) }()
 
 	timeout := time.NewTimer(u.opts.UpgradeTimeout)
 	defer timeout.Stop()
@@ -150,8 +150,8 @@ func handoverError(err error) error {
 
 // handOver sends the manifest and the descriptors, then waits for the
 // child's readiness.
-func handOver(conn *handover.Conn, p *passed, token [handover.TokenSize]byte, pid int) error {
-	hello := handover.Hello{Version: handover.Version, Token: token, Entries: p.entries}
+func handOver(conn *handover.Conn, p *passed, token [handover.TokenSize]byte, pid int, generation uint64) error {
+	hello := handover.Hello{Version: handover.Version, Token: token, Entries: p.entries, Generation: generation}
 	payload, err := hello.MarshalBinary()
 	if err != nil {
 		return err

@@ -34,6 +34,18 @@ type Options struct {
 	// generation's pid, readiness, failure and its reason, and the
 	// parent's exit. Nil means silent.
 	Logger *slog.Logger
+	// ControlSocket, if not empty, is the path of a Unix socket on which
+	// the live generation answers "upgrade" and "status" requests (see
+	// ControlRequest; "tableflip upgrade" and "tableflip status" are its
+	// clients). The socket is passed on through every upgrade and
+	// removed by a final Stop. A socket file that nobody serves is
+	// replaced; anything else at the path makes New fail.
+	ControlSocket string
+	// ControlSocketGroup, if not empty, is a group name or gid given
+	// access to ControlSocket: the file gets that group and mode 0660,
+	// and its members are served. Empty means mode 0600: only this
+	// process's uid and root are served.
+	ControlSocketGroup string
 }
 
 // killGrace is how long a new generation that missed its deadline has
@@ -49,6 +61,8 @@ type Upgrader struct {
 	log    *slog.Logger
 	env    *osEnv
 	parent *parentLink
+	stats  upgradeStats
+	ctl    *controlServer
 
 	readyOnce sync.Once
 	readyErr  error
@@ -117,6 +131,9 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 	}
 	if parent != nil {
 		log.Info("tableflip: inherited from parent", "parent_pid", parent.pid, "sockets", len(inherited))
+	}
+	if err := u.initControl(); err != nil {
+		return nil, err
 	}
 	go u.run()
 	return u, nil
@@ -242,6 +259,7 @@ func (u *Upgrader) Upgrade() error {
 // run owns the upgrade state machine.
 func (u *Upgrader) run() {
 	defer close(u.exitC)
+	defer u.stopControl()
 
 	var (
 		parentExited <-chan struct{}
@@ -268,6 +286,11 @@ func (u *Upgrader) run() {
 			return
 
 		case request := <-u.upgradeC:
+			if notReady != nil && closed(notReady) {
+				// Ready may have returned before this loop saw it:
+				// an upgrade asked for after it is never refused.
+				notReady = nil
+			}
 			switch {
 			case notReady != nil:
 				request <- ErrNotReady
@@ -297,8 +320,10 @@ func (u *Upgrader) run() {
 }
 
 // upgrade runs one upgrade, refusing others meanwhile.
-func (u *Upgrader) upgrade() error {
+func (u *Upgrader) upgrade() (err error) {
 	start := time.Now()
+	u.stats.upgradeStarted()
+	defer func() { u.stats.upgradeFinished(err, u.childPID(), start) }()
 	u.log.Info("tableflip: upgrade starting")
 	result := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())

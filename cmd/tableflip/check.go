@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -22,6 +23,7 @@ type checkConfig struct {
 	pidFile        string
 	url            string
 	signal         string
+	control        string // control socket that upgrades, instead of signal
 	upgrades       int
 	duration       time.Duration
 	interval       time.Duration
@@ -59,8 +61,9 @@ const checkUsage = `usage: tableflip check [flags] [-- server args…]
 Starts a server, puts it under load on loopback, upgrades it a number of
 times and reports what the clients saw. With no server named it checks the
 built-in sample server; a server of your own must upgrade on a signal
-(-signal) and write the PID of its ready generation to a file (-pidfile),
-and -url must name a loopback URL it serves.
+(-signal) or through its control socket (-control), and write the PID of
+its ready generation to a file (-pidfile), and -url must name a loopback
+URL it serves.
 
 Exit status: 0 nothing lost and nothing leaked; 1 requests lost or
 processes, fds leaked; 2 bad usage; 3 the server could not be checked;
@@ -87,6 +90,7 @@ func parseCheckFlags(args []string, stderr io.Writer) (*checkConfig, error) {
 	fs.StringVar(&cfg.url, "url", "", "loopback `URL` to load (required with a server of your own)")
 	fs.StringVar(&cfg.pidFile, "pidfile", "", "PID `file` the server writes when a generation is ready (required with a server of your own)")
 	fs.StringVar(&cfg.signal, "signal", "HUP", "signal that makes the server upgrade")
+	fs.StringVar(&cfg.control, "control", "", "upgrade through the control socket at `path` (tableflip.Options.ControlSocket)\ninstead of -signal; the sample server is started with it")
 	fs.DurationVar(&cfg.startTimeout, "start-timeout", 10*time.Second, "how long the first generation may take to write its PID file and answer")
 	fs.DurationVar(&cfg.upgradeTimeout, "upgrade-timeout", 10*time.Second, "how long an upgrade may take, from the signal to a new ready generation")
 	fs.DurationVar(&cfg.exitTimeout, "exit-timeout", 10*time.Second, "how long an old generation may take to exit once its successor is ready")
@@ -103,6 +107,12 @@ func parseCheckFlags(args []string, stderr io.Writer) (*checkConfig, error) {
 		cfg.server = fs.Args()
 	}
 	cfg.body = []byte(*body)
+	if cfg.control != "" {
+		var err error
+		if cfg.control, err = filepath.Abs(cfg.control); err != nil {
+			return nil, usageErrorf("-control: %v", err)
+		}
+	}
 	if cfg.method == "" {
 		cfg.method = "GET"
 		if len(cfg.body) > 0 {

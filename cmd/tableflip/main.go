@@ -1,9 +1,18 @@
-// Command tableflip checks that a server upgrades without losing requests.
+// Command tableflip checks that a server upgrades without losing requests,
+// and upgrades a running server through its control socket.
 //
 // Usage:
 //
 //	tableflip check [flags]                      check the built-in sample server
 //	tableflip check [flags] -- ./myserver args…  check your own server
+//	tableflip upgrade -socket PATH [-timeout D] [-json]
+//	tableflip status -socket PATH [-timeout D] [-json]
+//
+// upgrade asks the server whose tableflip.Options.ControlSocket is PATH to
+// upgrade and prints the outcome: exit status 0 when the new generation is
+// ready, 1 with the reason when the upgrade failed or was refused, 3 when
+// the socket did not answer. status prints the server's generation,
+// readiness and upgrade counters.
 //
 // check starts the server, puts it under load on loopback, upgrades it a
 // number of times, and reports what the clients saw: requests sent and
@@ -47,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "check":
 		return checkCommand(args[1:], stdout, stderr)
+	case "upgrade", "status":
+		return controlCommand(args[0], args[1:], stdout, stderr)
 	case sampleServerCommand:
 		return sampleServer(args[1:], stderr)
 	case "help", "-h", "-help", "--help":
@@ -64,5 +75,9 @@ func usage(w io.Writer) {
 commands:
   check    upgrade a server under load and report what clients saw
            (tableflip check -h for its flags)
+  upgrade  upgrade a running server through its control socket, and say
+           whether it worked (tableflip upgrade -socket PATH)
+  status   show a running server's generation and upgrades
+           (tableflip status -socket PATH)
 `)
 }

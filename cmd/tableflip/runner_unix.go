@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip"
 	"github.com/seed589fcc9d/tableflip/internal/loadgen"
 )
 
@@ -61,6 +62,9 @@ func runCheck(ctx context.Context, cfg *checkConfig, prog *progress) (*report, e
 		Leftovers:      []leftover{},
 		Problems:       []string{},
 		epoch:          c.epoch,
+	}
+	if cfg.control != "" {
+		c.rep.Signal = "none: control socket " + cfg.control
 	}
 	if cfg.server == nil {
 		c.rep.Server = "built-in sample server"
@@ -174,6 +178,9 @@ func (c *checker) startServer() error {
 			"-pidfile", c.pidFile,
 			"-addrfile", filepath.Join(c.dir, "server.addr"),
 			"-drain-timeout", c.cfg.exitTimeout.String(),
+		}
+		if c.cfg.control != "" {
+			argv = append(argv, "-control", c.cfg.control)
 		}
 		if slices.Contains(c.cfg.modes, loadgen.ModeHTTP2) {
 			cert, key, conf, err := writeLoopbackCert(c.dir)
@@ -391,14 +398,19 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 	u := upgradeReport{N: n, OldPID: old, SignalAt: t0.Sub(c.epoch)}
 	defer func() { c.rep.Upgrades = append(c.rep.Upgrades, u) }()
 
-	if err := sendSignal(old, c.sig); err != nil {
-		return serverErrorf("upgrade %d: cannot send %s to generation %d (pid %d): %v%s", n, signalName(c.sig), gen, old, err, c.logTail())
-	}
 	ctx2, cancel := context.WithTimeout(ctx, c.cfg.upgradeTimeout)
 	defer cancel()
+	var pid int
+	if c.cfg.control != "" {
+		// The answer names the new generation: no PID file to watch.
+		if pid, err = c.controlUpgrade(ctx, ctx2, n, gen, old); err != nil {
+			return err
+		}
+	} else if err := sendSignal(old, c.sig); err != nil {
+		return serverErrorf("upgrade %d: cannot send %s to generation %d (pid %d): %v%s", n, signalName(c.sig), gen, old, err, c.logTail())
+	}
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
-	var pid int
 	for pid == 0 {
 		changed := c.procs.changedChan()
 		if p, ok := readPIDFile(c.pidFile); ok && p != old {
@@ -460,6 +472,25 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 		c.prog.event(fmt.Sprintf("upgrade %d: pid %d -> %d, ready in %s, old generation exited %s after the new PID", n, old, pid, fmtDur(u.ToReady), fmtDur(u.OldExit)))
 	}
 	return nil
+}
+
+// controlUpgrade upgrades through the control socket and returns the new
+// generation's pid.
+func (c *checker) controlUpgrade(ctx, ctx2 context.Context, n, gen, old int) (int, error) {
+	resp, err := tableflip.ControlCall(ctx2, c.cfg.control, tableflip.ControlUpgrade)
+	switch {
+	case ctx.Err() != nil:
+		return 0, ctx.Err()
+	case ctx2.Err() != nil:
+		return 0, serverErrorf("upgrade %d: no answer from the control socket %s within %s (-upgrade-timeout)%s", n, c.cfg.control, c.cfg.upgradeTimeout, c.logTail())
+	case err != nil:
+		return 0, serverErrorf("upgrade %d: %v%s", n, err, c.logTail())
+	case !resp.OK:
+		return 0, serverErrorf("upgrade %d: generation %d (pid %d) answered: %s%s", n, gen, old, describeControlError(resp.Error), c.logTail())
+	case resp.Upgrade.PID == old:
+		return 0, serverErrorf("upgrade %d: the control socket names pid %d, the old generation", n, old)
+	}
+	return resp.Upgrade.PID, nil
 }
 
 // diedOnSignal explains an old generation that ended without a successor.

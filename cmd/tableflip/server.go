@@ -37,19 +37,20 @@ func sampleServer(args []string, stderr io.Writer) int {
 	pidFile := fs.String("pidfile", "", "PID `file`, written when ready")
 	addrFile := fs.String("addrfile", "", "`file` to write the listening addresses to, one a line, before ready")
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "how long the old generation may drain")
+	control := fs.String("control", "", "control socket `path` (tableflip upgrade, tableflip status)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("pid", os.Getpid())
-	if err := serveSample(log, *addr, *tlsAddr, *certFile, *keyFile, *pidFile, *addrFile, *drainTimeout); err != nil {
+	if err := serveSample(log, *addr, *tlsAddr, *certFile, *keyFile, *pidFile, *addrFile, *control, *drainTimeout); err != nil {
 		log.Error("sample server", "err", err)
 		return 1
 	}
 	return 0
 }
 
-func serveSample(log *slog.Logger, addr, tlsAddr, certFile, keyFile, pidFile, addrFile string, drainTimeout time.Duration) error {
-	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile})
+func serveSample(log *slog.Logger, addr, tlsAddr, certFile, keyFile, pidFile, addrFile, control string, drainTimeout time.Duration) error {
+	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile, ControlSocket: control})
 	if err != nil {
 		return err
 	}

@@ -39,7 +39,10 @@
 //     (16 bytes) and the manifest: a uvarint count of entries, then for each
 //     entry its kind (1 byte, one of the Kind* constants), and the network,
 //     the address the program asked for, and the address the socket is
-//     really bound to, each a uvarint length followed by that many bytes.
+//     really bound to, each a uvarint length followed by that many bytes;
+//     then the parent's generation number (a uvarint: 1 for a process
+//     started without a parent). A hello that ends after the manifest is
+//     from a parent that predates the generation number, which reads as 0.
 //  2. parent → child FrameFDs, as many as needed: a uint16 count of
 //     descriptors carried by this frame as SCM_RIGHTS, at most MaxFDsPerFrame.
 //     The descriptors of all FrameFDs frames, in order, belong to the
@@ -232,11 +235,13 @@ type Hello struct {
 	Version int
 	Token   [TokenSize]byte
 	Entries []Entry
+	// Generation is the parent's generation number, or 0 if unknown.
+	Generation uint64
 }
 
 // MarshalBinary encodes h as the payload of FrameHello.
 func (h *Hello) MarshalBinary() ([]byte, error) {
-	size := 2 + TokenSize + binary.MaxVarintLen64
+	size := 2 + TokenSize + 2*binary.MaxVarintLen64
 	for _, e := range h.Entries {
 		size += 1 + 3*binary.MaxVarintLen64 + len(e.Network) + len(e.Addr) + len(e.Bound)
 	}
@@ -257,6 +262,7 @@ func (h *Hello) MarshalBinary() ([]byte, error) {
 			b = append(b, s...)
 		}
 	}
+	b = binary.AppendUvarint(b, h.Generation)
 	if len(b) > MaxPayload {
 		return nil, fmt.Errorf("handover: manifest of %d bytes is larger than %d", len(b), MaxPayload)
 	}
@@ -316,8 +322,13 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 		}
 		h.Entries = append(h.Entries, e)
 	}
+	if r.Len() > 0 {
+		if h.Generation, err = binary.ReadUvarint(r); err != nil {
+			return malformed("hello is truncated in its generation")
+		}
+	}
 	if r.Len() != 0 {
-		return malformed("%d bytes after the last entry", r.Len())
+		return malformed("%d bytes after the generation", r.Len())
 	}
 	return nil
 }

@@ -45,7 +45,7 @@ func TestParseEnvErrors(t *testing.T) {
 }
 
 func TestHelloRoundTrip(t *testing.T) {
-	h := Hello{Version: Version, Token: [TokenSize]byte{9}, Entries: []Entry{
+	h := Hello{Version: Version, Token: [TokenSize]byte{9}, Generation: 300, Entries: []Entry{
 		{Kind: KindListener, Network: "tcp", Addr: "127.0.0.1:0", Bound: "127.0.0.1:4242"},
 		{Kind: KindPacketConn, Network: "unixgram", Addr: "@abstract"},
 		{Kind: KindFile, Addr: "state"},
@@ -58,7 +58,7 @@ func TestHelloRoundTrip(t *testing.T) {
 	if err := got.UnmarshalBinary(b); err != nil {
 		t.Fatal(err)
 	}
-	if got.Token != h.Token || len(got.Entries) != len(h.Entries) {
+	if got.Token != h.Token || got.Generation != h.Generation || len(got.Entries) != len(h.Entries) {
 		t.Fatalf("round trip: got %+v, want %+v", got, h)
 	}
 	for i := range h.Entries {
@@ -78,8 +78,9 @@ func TestHelloErrors(t *testing.T) {
 		{"empty", nil, "has no version"},
 		{"other version", []byte{0, 2}, "unsupported protocol version 2"},
 		{"no token", good[:5], "truncated in its token"},
-		{"truncated entry", good[:len(good)-1], "entry 0"},
-		{"trailing bytes", append(append([]byte{}, good...), 0), "1 bytes after the last entry"},
+		{"truncated entry", good[:len(good)-2], "entry 0"},
+		{"truncated generation", append(append([]byte{}, good[:len(good)-1]...), 0x80), "truncated in its generation"},
+		{"trailing bytes", append(append([]byte{}, good...), 0), "1 bytes after the generation"},
 		{"bad kind", append(append([]byte{}, good[:19]...), 'Z', 0, 0, 0), "unknown kind"},
 		{"huge count", append(append([]byte{}, good[:18]...), 0xff, 0xff, 0xff, 0x7f), "claims"},
 	} {
