@@ -124,7 +124,8 @@ type profileResult struct {
 type straceResult struct {
 	Impl    string
 	Sockets int
-	Summary string
+	Summary string         // the top rows, for the report
+	Calls   map[string]int // calls per syscall, all rows
 	Err     string
 }
 
@@ -530,7 +531,7 @@ func (b *bencher) straces() error {
 		}
 		for _, impl := range impls {
 			out, err := b.straceUpgrade(path, chains[impl])
-			sr := straceResult{Impl: impl, Sockets: n, Summary: out}
+			sr := straceResult{Impl: impl, Sockets: n, Summary: trimStrace(out, 14), Calls: straceCalls(out)}
 			if err != nil {
 				sr.Err = err.Error()
 			}
@@ -575,7 +576,23 @@ func (b *bencher) straceUpgrade(path string, c *chain) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return trimStrace(string(out), 14), nil
+	return string(out), nil
+}
+
+// straceCalls reads the calls column of a strace -c table.
+func straceCalls(s string) map[string]int {
+	m := map[string]int{}
+	for _, l := range strings.Split(s, "\n") {
+		f := strings.Fields(l)
+		// % time, seconds, usecs/call, calls, [errors], syscall
+		if len(f) < 5 || f[len(f)-1] == "total" || f[len(f)-1] == "syscall" {
+			continue
+		}
+		if n, err := strconv.Atoi(f[3]); err == nil {
+			m[f[len(f)-1]] = n
+		}
+	}
+	return m
 }
 
 // waitTraced waits until every thread of pid has a tracer.

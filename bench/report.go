@@ -252,10 +252,16 @@ func (r *results) markdown() string {
 		}
 	}
 	fmt.Fprintf(&b, "| failed requests: 0 in every mode | %s | %s |\n", strings.Join(failedTotal, "; "), verdict(allZero))
+	var notes []string
 	o, tf, fl := st1[implOurs].Median, st1[implTableflip].Median, st1[implFloor].Median
 	fmt.Fprintf(&b, "| upgrade to ready within 1.1x of the floor (median) | %s vs %s: %.3fx | %s |\n", ms3(o), ms3(fl), float64(o)/float64(fl), verdict(float64(o) <= 1.1*float64(fl)))
+	if float64(o) > 1.1*float64(fl) {
+		notes = append(notes, fmt.Sprintf("Upgrade to ready, no sockets: ours takes %s more than the floor at the median. %s", ms3(o-fl), r.syscallDiff(0, implFloor)))
+	}
 	fmt.Fprintf(&b, "| upgrade to ready never slower than tableflip (median) | %s vs %s: %.3fx | %s |\n", ms3(o), ms3(tf), float64(o)/float64(tf), verdict(o <= tf))
-	var notes []string
+	if o > tf {
+		notes = append(notes, fmt.Sprintf("Upgrade to ready, no sockets: ours takes %s more than tableflip at the median. %s", ms3(o-tf), r.syscallDiff(0, implTableflip)))
+	}
 	if s, ok := st2[4000]; ok {
 		o, tf, fl := s[implOurs].Median, s[implTableflip].Median, s[implFloor].Median
 		fmt.Fprintf(&b, "| 4000 sockets: at most half of tableflip's time (median) | %s vs %s: %s | %s |\n", ms(o), ms(tf), ratio(float64(o), float64(tf)), verdict(2*o <= tf))
@@ -271,7 +277,10 @@ func (r *results) markdown() string {
 	if s := r.steady; s[implOurs] != nil && s[implFloor] != nil && s[implTableflip] != nil {
 		o, fl, tf := s[implOurs].rps(), s[implFloor].rps(), s[implTableflip].rps()
 		fmt.Fprintf(&b, "| drain costs at most 3%% of requests/s in steady state (against the bare `http.Server` of floor and tableflip) | %.0f vs %.0f and %.0f: %s, %s | %s |\n", o, fl, tf, ratio(o, fl), ratio(o, tf), verdict(o >= 0.97*fl && o >= 0.97*tf))
-		notes = append(notes, fmt.Sprintf("Steady requests/s: tableflip and floor serve with the same bare http.Server in steady state, so the gap between them (%s) is this machine's noise for that figure; a 3%% difference is only resolved when that gap is well under 3%%. The CPU profiles below show what each server spends its time on.", ratio(tf, fl)))
+		notes = append(notes, fmt.Sprintf("Steady requests/s: tableflip and floor serve with the same bare http.Server in steady state, so the gap between them (%s) is this machine's noise for that figure; a 3%% difference is only resolved when that gap is well under 3%%.", ratio(tf, fl)))
+		if len(r.profiles) > 0 {
+			notes[len(notes)-1] += " The CPU profiles below show what each server spends its time on, and how much of it is in package drain."
+		}
 	}
 	b.WriteString("\n")
 	for _, n := range notes {
@@ -332,6 +341,53 @@ func (r *results) markdown() string {
 		b.WriteString(n + "\n\n")
 	}
 	return b.String()
+}
+
+// syscallDiff says which syscalls ours makes more of than the floor in the
+// traced upgrade with n idle sockets.
+func (r *results) syscallDiff(n int, other string) string {
+	var ours, floor map[string]int
+	for _, s := range r.strace {
+		if s.Sockets != n || s.Err != "" {
+			continue
+		}
+		switch s.Impl {
+		case implOurs:
+			ours = s.Calls
+		case other:
+			floor = s.Calls
+		}
+	}
+	if ours == nil || floor == nil {
+		return ""
+	}
+	type d struct {
+		name string
+		n    int
+	}
+	var ds []d
+	total := 0
+	for name, c := range ours {
+		if c > floor[name] {
+			ds = append(ds, d{name, c - floor[name]})
+		}
+		total += c
+	}
+	for _, c := range floor {
+		total -= c
+	}
+	slices.SortFunc(ds, func(a, b d) int { return b.n - a.n })
+	var parts []string
+	for _, x := range ds[:min(8, len(ds))] {
+		parts = append(parts, fmt.Sprintf("%s +%d", x.name, x.n))
+	}
+	why := "Ours hands over on a Unix socket (hello frame, descriptors in SCM_RIGHTS messages, ready frame, acknowledgement, the new generation's check of its parent), with Go runtime wake-ups (futex, nanosleep) around each round trip"
+	if other == implFloor {
+		why += "; the floor has one pipe byte."
+	} else {
+		why += "; tableflip passes its descriptors as exec'd fds and readiness as a pipe close."
+	}
+	return fmt.Sprintf("In the traced upgrades below (old and new generation together, one upgrade each, so a count of a few is noise) ours makes %+d syscalls against %s; the most extra: %s. %s", total, other, strings.Join(parts, ", "), why)
 }
 
 // straceTotal returns the total number of calls in a strace -c table.
