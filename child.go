@@ -34,6 +34,8 @@ type parentLink struct {
 	// generation is the parent's generation number (0 from a parent
 	// that predates it).
 	generation uint64
+	// state is the state stream, if the parent hands state on.
+	state *stateStream
 }
 
 // inherit reads what the parent passed on, if this process was started by
@@ -95,6 +97,13 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 	for i, e := range hello.Entries {
 		entries[i] = &entry{key: key{e.Kind, e.Network, e.Addr}, bound: e.Bound, fd: fds[i]}
 	}
+	entries, state, err := takeState(entries)
+	if err != nil {
+		for _, e := range entries {
+			e.close()
+		}
+		return nil, nil, refuse(conn, err)
+	}
 	p := &parentLink{
 		conn:   conn,
 		pid:    he.PID,
@@ -102,6 +111,7 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 		exited: make(chan struct{}),
 
 		generation: hello.Generation,
+		state:  state,
 	}
 	go p.watch()
 	return p, entries, nil
@@ -134,6 +144,10 @@ func (p *parentLink) watch() {
 // ready tells the parent that this process is ready and waits for its
 // acknowledgement.
 func (p *parentLink) ready() error {
+	if err := p.state.finish(); err != nil {
+		p.refuse(err)
+		return err
+	}
 	pid := binary.BigEndian.AppendUint32(nil, uint32(os.Getpid()))
 	if err := p.conn.WriteFrame(handover.FrameReady, pid); err != nil {
 		<-p.exited

@@ -4,6 +4,7 @@ package tableflip
 
 import (
 	"context"
+	"io"
 	"log/slog"
 )
 
@@ -16,7 +17,11 @@ type parentLink struct {
 	pid     int
 	exited  chan struct{}
 	exitErr error
+	state   *stateStream
 }
+
+// stateStream never exists here either.
+type stateStream struct{ io.Reader }
 
 type childLink struct{}
 

@@ -36,6 +36,14 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 		return err
 	}
 	defer p.close()
+	sender, err := u.newStateSender()
+	if err != nil {
+		return err
+	}
+	defer sender.close()
+	if err := sender.add(p); err != nil {
+		return err
+	}
 
 	path, err := u.executable()
 	if err != nil {
@@ -71,7 +79,7 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 		exited <- state
 	}()
 	handshake := make(chan error, 1)
-	go func() { handshake <- handOver(conn, p, he.Token, proc.Pid, u.stats.generation) }()
+	go func() { handshake <- u.handOver(conn, p, sender, he.Token, proc.Pid) }()
 
 	timeout := time.NewTimer(u.opts.UpgradeTimeout)
 	defer timeout.Stop()
@@ -137,7 +145,8 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 // refused reports whether err is the child's refusal or a breach of the
 // protocol, rather than a broken socket.
 func refused(err error) bool {
-	return errors.As(err, new(*handover.PeerError)) || errors.Is(err, handover.ErrMalformed)
+	return errors.As(err, new(*handover.PeerError)) || errors.Is(err, handover.ErrMalformed) ||
+		errors.Is(err, errStateWriter)
 }
 
 func handoverError(err error) error {
@@ -148,10 +157,10 @@ func handoverError(err error) error {
 	return fmt.Errorf("%w: %w", ErrHandover, err)
 }
 
-// handOver sends the manifest and the descriptors, then waits for the
-// child's readiness.
-func handOver(conn *handover.Conn, p *passed, token [handover.TokenSize]byte, pid int, generation uint64) error {
-	hello := handover.Hello{Version: handover.Version, Token: token, Entries: p.entries, Generation: generation}
+// handOver sends the manifest and the descriptors, streams the state,
+// and waits for the child's readiness.
+func (u *Upgrader) handOver(conn *handover.Conn, p *passed, state *stateSender, token [handover.TokenSize]byte, pid int) error {
+	hello := handover.Hello{Version: handover.Version, Token: token, Entries: p.entries, Generation: u.stats.generation}
 	payload, err := hello.MarshalBinary()
 	if err != nil {
 		return err
@@ -162,8 +171,12 @@ func handOver(conn *handover.Conn, p *passed, token [handover.TokenSize]byte, pi
 	if err := conn.SendFDs(p.fds); err != nil {
 		return err
 	}
+	state.start(u.opts.WriteState)
 	typ, payload, err := conn.ReadFrame()
 	if err != nil {
+		if werr := state.failed(); werr != nil {
+			return werr
+		}
 		return err
 	}
 	if typ != handover.FrameReady || len(payload) != 4 {
@@ -172,7 +185,8 @@ func handOver(conn *handover.Conn, p *passed, token [handover.TokenSize]byte, pi
 	if got := int(binary.BigEndian.Uint32(payload)); got != pid {
 		return fmt.Errorf("%w: ready from pid %d, expected %d", handover.ErrMalformed, got, pid)
 	}
-	return nil
+	// The child read the state to its end before it said ready.
+	return state.wait()
 }
 
 // terminate stops a child that is still running: SIGTERM, then SIGKILL

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -46,6 +47,17 @@ type Options struct {
 	// and its members are served. Empty means mode 0600: only this
 	// process's uid and root are served.
 	ControlSocketGroup string
+	// WriteState, if not nil, hands application state on: during each
+	// upgrade it streams state to the new generation, which reads it
+	// with State before Ready, while the new generation initialises.
+	// The library carries bytes; the program owns the format (give it a
+	// version). An error fails the upgrade: the new generation is
+	// stopped and this one keeps serving.
+	WriteState func(w io.Writer) error
+	// OnUpgradeFailed, if not nil, is called in this generation when an
+	// upgrade that started a new generation fails, with the reason, so
+	// that the program can undo what it did for the handover.
+	OnUpgradeFailed func(err error)
 }
 
 // killGrace is how long a new generation that missed its deadline has
@@ -342,6 +354,9 @@ func (u *Upgrader) upgrade() (err error) {
 		case err := <-result:
 			if err != nil {
 				u.log.Error("tableflip: upgrade failed", "error", err, "duration", time.Since(start))
+				if u.opts.OnUpgradeFailed != nil {
+					u.opts.OnUpgradeFailed(err)
+				}
 				return err
 			}
 			u.log.Info("tableflip: upgrade succeeded", "duration", time.Since(start))

@@ -1,0 +1,198 @@
+//go:build linux
+
+package tableflip
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+const stateSizeEnv = "TABLEFLIP_TEST_STATE_SIZE"
+
+func init() { helpers["stateserver"] = helperStateServer }
+
+// statePattern writes n bytes of a pattern both sides can make.
+func statePattern(w io.Writer, n int64) error {
+	buf := make([]byte, 64<<10)
+	for i := range buf {
+		buf[i] = byte(i*7 + 3)
+	}
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		if _, err := w.Write(buf[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+func patternSum(n int64) string {
+	h := sha256.New()
+	statePattern(h, n)
+	return fmt.Sprintf("%x", h.Sum(nil)[:8])
+}
+
+// helperStateServer is a generation of a server that hands state on. The
+// old generation reads "writer-*" modes from the mode file when it
+// writes, the new one "reader-*" modes when it starts.
+func helperStateServer() int {
+	say := func(format string, args ...any) {
+		fmt.Printf("event %d %s\n", os.Getpid(), fmt.Sprintf(format, args...))
+	}
+	size, _ := strconv.ParseInt(os.Getenv(stateSizeEnv), 10, 64)
+	upg, err := New(Options{
+		WriteState: func(w io.Writer) error {
+			switch readMode() {
+			case "writer-fails":
+				statePattern(w, 1000)
+				return errors.New("disk on fire")
+			case "writer-dies":
+				statePattern(w, size/2)
+				// Past the writer's buffer: chunks of half the
+				// state are on their way when the process dies.
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+			return statePattern(w, size)
+		},
+		OnUpgradeFailed: func(err error) { say("upgrade-failed %v", err) },
+	})
+	if err != nil {
+		say("new-error %v", err)
+		return 1
+	}
+	defer upg.Stop()
+
+	mode := readMode()
+	r, err := upg.State()
+	switch {
+	case errors.Is(err, ErrNoState):
+		say("state none")
+	case err != nil:
+		say("state-error %v", err)
+	default:
+		h := sha256.New()
+		n, err := io.Copy(h, r)
+		say("state bytes=%d sum=%x err=%v", n, h.Sum(nil)[:8], err)
+		if err != nil || mode == "reader-rejects" {
+			return 1
+		}
+	}
+
+	ln, err := upg.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		say("listen-error %v", err)
+		return 1
+	}
+	if err := upg.Ready(); err != nil {
+		say("ready-error %v", err)
+		return 1
+	}
+	fmt.Printf("ready %d %s -\n", os.Getpid(), ln.Addr())
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handleCommands(upg, ln, c)
+		}
+	}()
+	<-upg.Exit()
+	ln.Close()
+	say("exiting")
+	return 0
+}
+
+func startStateServer(t *testing.T, size int64) *server {
+	t.Helper()
+	s := startServer(t, serverConfig{env: []string{helperEnv + "=stateserver", stateSizeEnv + "=" + strconv.FormatInt(size, 10)}})
+	s.udp = "-"
+	if got := s.waitEvent(s.pid, "state"); got != "state none" {
+		t.Errorf("first start: %q, want no state", got)
+	}
+	return s
+}
+
+func TestStateHandedOver(t *testing.T) {
+	for _, size := range []int64{0, 1, 256 << 20} {
+		t.Run(strconv.FormatInt(size, 10), func(t *testing.T) {
+			if size > 1<<20 && testing.Short() {
+				t.Skip("256 MiB of state in -short mode")
+			}
+			s := startStateServer(t, size)
+			pid := s.upgrade()
+			want := fmt.Sprintf("state bytes=%d sum=%s err=<nil>", size, patternSum(size))
+			if got := s.waitEvent(pid, "state"); got != want {
+				t.Errorf("new generation read %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+func TestStateFailures(t *testing.T) {
+	s := startStateServer(t, 4<<20)
+
+	t.Run("writer fails", func(t *testing.T) {
+		reply := s.failedUpgrade("writer-fails")
+		if !strings.Contains(reply, "disk on fire") || !strings.Contains(reply, "ErrHandover") {
+			t.Errorf("upgrade with a failing writer: %q, want the writer's error", reply)
+		}
+		if got := s.waitEvent(s.pid, "upgrade-failed"); !strings.Contains(got, "disk on fire") {
+			t.Errorf("OnUpgradeFailed got %q", got)
+		}
+	})
+
+	t.Run("reader rejects", func(t *testing.T) {
+		reply := s.failedUpgrade("reader-rejects")
+		if !strings.Contains(reply, "ErrChildExited") {
+			t.Errorf("upgrade with a new generation that rejects the state: %q, want ErrChildExited", reply)
+		}
+		if got := s.waitEvent(s.pid, "upgrade-failed"); !strings.Contains(got, "exited before it was ready") {
+			t.Errorf("OnUpgradeFailed got %q", got)
+		}
+	})
+
+	t.Run("writer dies", func(t *testing.T) {
+		s.setMode("writer-dies")
+		c, err := net.Dial("tcp", s.tcp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintln(c, "upgrade")
+		io.Copy(io.Discard, c)
+		c.Close()
+		s.first.Wait()
+		fields := s.waitLine("event ")
+		if fields[2] != "state" || !strings.Contains(strings.Join(fields, " "), "truncated") {
+			t.Errorf("new generation after its parent died mid-stream: %q, want a truncated-state error", fields)
+		}
+		child, _ := strconv.Atoi(fields[1])
+		var ws syscall.WaitStatus
+		syscall.Wait4(child, &ws, 0, nil)
+		if ws.ExitStatus() != 1 {
+			t.Errorf("new generation exited with %v, want status 1", ws)
+		}
+		s.pid = 0
+	})
+}
+
+func TestStateFirstStart(t *testing.T) {
+	u, err := newUpgrader(&osEnv{lookupEnv: func(string) (string, bool) { return "", false }, wd: t.TempDir(), args: os.Args}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Stop()
+	if _, err := u.State(); !errors.Is(err, ErrNoState) {
+		t.Errorf("State on a first start: %v, want ErrNoState", err)
+	}
+}
