@@ -27,7 +27,8 @@
 // # Upgrades
 //
 // With the Upgrader of github.com/seed589fcc9d/tableflip, drain the old
-// generation once the new one is ready, in place of a bare Shutdown:
+// generation once the new one is ready, in place of a bare Shutdown (this
+// is the package's Upgrader example, which the tests compile):
 //
 //	func main() {
 //		upg, err := tableflip.New(tableflip.Options{})
@@ -40,6 +41,8 @@
 //			sig := make(chan os.Signal, 1)
 //			signal.Notify(sig, syscall.SIGHUP)
 //			for range sig {
+//				// Refused with tableflip.ErrParentRunning while the
+//				// previous generation is still draining.
 //				if err := upg.Upgrade(); err != nil {
 //					log.Println("upgrade failed:", err)
 //				}
@@ -50,9 +53,7 @@
 //		if err != nil {
 //			log.Fatal(err)
 //		}
-//		srv := drain.NewServer(&http.Server{Handler: handler()}, drain.Options{
-//			Logger: slog.Default(),
-//		})
+//		srv := drain.NewServer(&http.Server{Handler: handler()}, drain.Options{})
 //		go srv.Serve(ln)
 //
 //		if err := upg.Ready(); err != nil {
@@ -62,9 +63,11 @@
 //
 //		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 //		defer cancel()
-//		if stats, err := srv.Drain(ctx); err != nil {
-//			log.Printf("drain: %v, cut %d connections", err, stats.Cut())
+//		stats, err := srv.Drain(ctx)
+//		if err != nil {
+//			log.Printf("drain: %v", err)
 //		}
+//		log.Printf("drained %d connections, cut %d", stats.Conns, stats.Cut())
 //	}
 //
 // # SIGTERM

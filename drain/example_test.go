@@ -8,8 +8,12 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip"
 	"github.com/seed589fcc9d/tableflip/drain"
 )
 
@@ -94,4 +98,52 @@ func ExampleListener() {
 	// Output:
 	// ping
 	// drain: <nil> conns: 1 cut: 0
+}
+
+// A program upgraded by tableflip's Upgrader: SIGHUP starts the next
+// generation, and once that one is ready this one drains, in place of the
+// bare http.Server.Shutdown that loses requests. (No output: it serves
+// until it is upgraded or stopped.)
+func Example_upgrader() {
+	upg, err := tableflip.New(tableflip.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer upg.Stop()
+
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGHUP)
+		for range sig {
+			// Refused with tableflip.ErrParentRunning while the
+			// previous generation is still draining.
+			if err := upg.Upgrade(); err != nil {
+				log.Println("upgrade failed:", err)
+			}
+		}
+	}()
+
+	ln, err := upg.Listen("tcp", "localhost:8080")
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := drain.NewServer(&http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "hello")
+		}),
+	}, drain.Options{})
+	go srv.Serve(ln)
+
+	if err := upg.Ready(); err != nil {
+		log.Fatal(err)
+	}
+	<-upg.Exit()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stats, err := srv.Drain(ctx)
+	if err != nil {
+		log.Printf("drain: %v", err)
+	}
+	log.Printf("drained %d connections, cut %d", stats.Conns, stats.Cut())
 }

@@ -174,6 +174,7 @@ func (s *Server) Drain(ctx context.Context) (Stats, error) {
 	began := time.Now()
 	s.drainStart = s.now()
 	s.stats.Conns = len(s.conns)
+	open := s.stats.Conns // Accept adds to s.stats from here on
 	s.draining.Store(true)
 	close(s.drainingCh)
 	lns := s.listeners
@@ -185,7 +186,7 @@ func (s *Server) Drain(ctx context.Context) (Stats, error) {
 		// connections nobody would drain.
 		return Stats{}, ErrNotServing
 	}
-	logAttrs(s.log, slog.LevelInfo, "drain: started", slog.Int("conns", s.stats.Conns))
+	logAttrs(s.log, slog.LevelInfo, "drain: started", slog.Int("conns", open))
 
 	for _, l := range lns {
 		l.Close()
@@ -321,7 +322,11 @@ func (s *Server) trackState(nc net.Conn, cs http.ConnState) {
 			// First sign of life after the TLS handshake: HTTP/2 or not.
 			// HTTP/2 connections are left to Shutdown's GOAWAY.
 			if tc, ok := nc.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-				c.state.CompareAndSwap(stNew, stH2)
+				// A drain may be waiting for this connection to show
+				// what it is before it calls Shutdown: wake it.
+				if c.state.CompareAndSwap(stNew, stH2) && s.draining.Load() {
+					signal(s.changed)
+				}
 				return
 			}
 		}

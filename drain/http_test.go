@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/seed589fcc9d/tableflip/drain"
-	"github.com/seed589fcc9d/tableflip/drain/internal/load"
+	"github.com/seed589fcc9d/tableflip/internal/loadgen"
 )
 
 // wait bounds every wait on an event in these tests, so that a bug shows
@@ -327,14 +327,22 @@ func TestDrainCutsAtDeadline(t *testing.T) {
 // A request in progress when the drain begins finishes; its connection
 // is then idle and closed after the grace.
 func TestDrainWaitsForHandler(t *testing.T) {
-	release := make(chan struct{})
+	entered, release := make(chan struct{}), make(chan struct{})
 	ts := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
 		<-release
 		io.WriteString(w, "done")
 	}), drain.Options{IdleGrace: 10 * time.Millisecond})
 	c := dial(t, ts.addr)
 	c.write("GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-	ts.waitState(http.StateActive)
+	// Not StateActive: that comes before the handler, and a drain that
+	// began in between would answer with "Connection: close" (also
+	// correct, but not what this test is about).
+	select {
+	case <-entered:
+	case <-time.After(wait):
+		t.Fatal("request did not reach the handler")
+	}
 
 	done := ts.drainAsync(longCtx(t))
 	close(release)
@@ -398,10 +406,12 @@ func TestDrainKeepsCallerHooks(t *testing.T) {
 // after the GOAWAY of srv.Shutdown, on the same connection, and an
 // IdleGrace shorter than the stream does not cut it.
 func TestDrainHTTP2(t *testing.T) {
-	certFile, keyFile, clientTLS, err := load.Cert(t.TempDir())
+	certFile, keyFile, clientTLS, err := loadgen.WriteLoopbackCert(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	// DialTLSContext below dials alone: the transport adds no "h2".
+	clientTLS.NextProtos = []string{"h2", "http/1.1"}
 	entered, release := make(chan struct{}), make(chan struct{})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/block" {
@@ -475,10 +485,55 @@ func TestDrainHTTP2(t *testing.T) {
 	}
 }
 
+// A TLS connection that the drain found before it had said it speaks
+// HTTP/2 does not hold the drain up once it does: Shutdown's GOAWAY still
+// comes, and the drain ends without waiting for its deadline.
+func TestDrainHTTP2LateStart(t *testing.T) {
+	certFile, keyFile, clientTLS, err := loadgen.WriteLoopbackCert(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: hello()}
+	shutdown := make(chan struct{})
+	srv.RegisterOnShutdown(func() { close(shutdown) })
+	ts := startServerWith(t, srv, drain.Options{}, func(s *drain.Server, ln net.Listener) error {
+		return s.ServeTLS(ln, certFile, keyFile)
+	})
+	clientTLS.NextProtos = []string{"h2"}
+	// The handshake is over once Dial returns, so the server holds the
+	// connection; it has not seen the HTTP/2 preface yet.
+	tc, err := tls.Dial("tcp", ts.addr, clientTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	done := ts.drainAsync(longCtx(t))
+
+	// The client preface (RFC 9113, section 3.4): the magic string and an
+	// empty SETTINGS frame. The server now knows it speaks HTTP/2.
+	tc.SetDeadline(time.Now().Add(wait))
+	if _, err := io.WriteString(tc, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-shutdown: // Drain went on to Shutdown and its GOAWAY
+	case <-time.After(wait):
+		t.Fatal("Drain did not call Shutdown")
+	}
+	tc.Close()
+	r := ts.result(done)
+	if r.err != nil {
+		t.Fatalf("Drain: %v", r.err)
+	}
+	if want := (drain.Stats{Conns: 1}); r.stats != want {
+		t.Fatalf("stats %+v, want %+v", r.stats, want)
+	}
+}
+
 // HTTP/1.1 over TLS gets Connection: close during the drain, like
 // plain HTTP/1.1.
 func TestDrainTLSHTTP1(t *testing.T) {
-	certFile, keyFile, clientTLS, err := load.Cert(t.TempDir())
+	certFile, keyFile, clientTLS, err := loadgen.WriteLoopbackCert(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

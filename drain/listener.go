@@ -130,9 +130,10 @@ func (l *Listener) Drain(ctx context.Context) (Stats, error) {
 	}
 	l.draining = true
 	l.stats.Conns = len(l.conns)
+	open := l.stats.Conns // AcceptConn adds to l.stats from here on
 	l.mu.Unlock()
 	began := time.Now()
-	logAttrs(l.log, slog.LevelInfo, "drain: started", slog.Int("conns", l.stats.Conns))
+	logAttrs(l.log, slog.LevelInfo, "drain: started", slog.Int("conns", open))
 
 	l.cancel()
 	l.Close()

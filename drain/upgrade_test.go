@@ -6,41 +6,49 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip"
 	"github.com/seed589fcc9d/tableflip/drain"
-	"github.com/seed589fcc9d/tableflip/drain/internal/load"
+	"github.com/seed589fcc9d/tableflip/internal/loadgen"
 )
 
-// The real-process test: the test binary re-executes itself as each new
-// generation of a server (TestMain dispatches on envGeneration), hands
-// it the listening sockets, waits until it is ready, and only then tells
-// the old generation to stop, the way an upgrade does. Clients of every
-// load.Mode run throughout.
+// The real-process test: the test binary re-executes itself as the first
+// generation of a server (TestMain dispatches on envGeneration), which
+// uses tableflip's Upgrader the way a program does: Listen, Ready, an
+// Upgrade on SIGHUP, and on Exit a drain (or, for comparison, a bare
+// http.Server.Shutdown). Each Upgrade starts the next generation from the
+// same binary. Clients of every loadgen mode run throughout, sending GETs
+// and POSTs with a body, and never retry (but for net/http's own client).
+//
+// The generations report to the test over a Unix socket (envReport): one
+// connection each, one JSON message per event, and the end of file that
+// the generation's exit brings.
 const (
-	envGeneration = "DRAIN_TEST_GENERATION" // how the generation stops: "drain" or "shutdown"
+	envGeneration = "DRAIN_TEST_GENERATION" // how a generation stops: "drain" or "shutdown"
+	envReport     = "DRAIN_TEST_REPORT"
 	envCert       = "DRAIN_TEST_CERT"
 	envKey        = "DRAIN_TEST_KEY"
 
-	// Inherited files, in exec.Cmd.ExtraFiles order: entry i is fd 3+i.
-	fdPlain = 3 // HTTP/1.1 listener
-	fdTLS   = 4 // HTTPS listener, HTTP/2 and HTTP/1.1
-	fdReady = 5 // write end of a pipe: one byte means ready
-
 	upgrades   = 20
-	clients    = 16                     // per mode
-	idleGrace  = 250 * time.Millisecond // the generation's Options.IdleGrace
-	drainLimit = 15 * time.Second       // the generation's drain deadline
+	clients    = 8                      // per mode and method
+	idleGrace  = 250 * time.Millisecond // the generations' Options.IdleGrace
+	drainLimit = 15 * time.Second       // the generations' drain deadline
+	postSize   = 512
 )
 
 func TestMain(m *testing.M) {
@@ -50,303 +58,430 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// generationReport is what a generation prints on stdout when it exits.
-type generationReport struct {
-	Plain, TLS drain.Stats
-	Errors     []string
+// postBody is what every POST sends; the server checks that it got all of
+// it, unchanged.
+var postBody = bytes.Repeat([]byte("0123456789abcdef"), postSize/16)
+
+func handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		switch {
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusBadRequest)
+		case r.Method == http.MethodPost && !bytes.Equal(body, postBody):
+			http.Error(w, fmt.Sprintf("POST body of %d bytes is not the one sent", len(body)), http.StatusBadRequest)
+		case r.Method == http.MethodGet && len(body) != 0:
+			http.Error(w, "GET with a body", http.StatusBadRequest)
+		default:
+			io.WriteString(w, r.Method+" ok")
+		}
+	})
 }
 
-// runGeneration is the server: it serves the inherited listeners, says
-// it is ready, and stops on SIGTERM, either with drain or with a bare
-// http.Server.Shutdown.
+// message is one event of a generation, sent to the test.
+type message struct {
+	Event string // "ready", "upgrade", "exit" or "error"
+	Err   string `json:",omitempty"`
+	PID   int    `json:",omitempty"`
+	// Ready: the addresses of the HTTP and the HTTPS listener.
+	Addrs []string `json:",omitempty"`
+	// Exit: what the drain of each listener's server did, and what went
+	// wrong in the drain (or Shutdown) or in Serve.
+	Stats  []drain.Stats `json:",omitempty"`
+	Errors []string      `json:",omitempty"`
+}
+
+// runGeneration is the server program.
 func runGeneration(how string) int {
-	fail := func(err error) int {
+	// The connection is closed by the exit of this process, not before:
+	// its end of file tells the test that this generation is gone. It is
+	// close-on-exec, so the next generation does not inherit it.
+	rep, err := net.Dial("unix", os.Getenv(envReport))
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "generation:", err)
 		return 2
 	}
-	lns := make([]net.Listener, 2)
-	for i, fd := range []uintptr{fdPlain, fdTLS} {
-		f := os.NewFile(fd, "listener")
-		ln, err := net.FileListener(f) // a dup; f is not needed after
-		f.Close()
-		if err != nil {
-			return fail(err)
+	var mu sync.Mutex
+	enc := json.NewEncoder(rep)
+	send := func(m message) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err := enc.Encode(m); err != nil {
+			fmt.Fprintln(os.Stderr, "generation: report:", err)
 		}
-		lns[i] = ln
 	}
-	ready := os.NewFile(fdReady, "ready")
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, syscall.SIGTERM)
+	fail := func(err error) int {
+		send(message{Event: "error", Err: err.Error()})
+		fmt.Fprintf(os.Stderr, "generation %d: %v\n", os.Getpid(), err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid())
 
-	plain := &http.Server{Handler: load.Handler()}
-	secure := &http.Server{Handler: load.Handler()}
+	upg, err := tableflip.New(tableflip.Options{Logger: logger})
+	if err != nil {
+		return fail(err)
+	}
+	defer upg.Stop()
+
+	// SIGHUP upgrades, SIGTERM stops for good.
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGHUP, syscall.SIGTERM)
+	go func() {
+		for sig := range sigc {
+			if sig == syscall.SIGTERM {
+				upg.Stop()
+				return
+			}
+			// The Upgrader refuses to upgrade while the previous
+			// generation is still draining (ErrParentRunning).
+			err := upg.WaitForParent(context.Background())
+			if err == nil {
+				err = upg.Upgrade()
+			}
+			m := message{Event: "upgrade"}
+			if err != nil {
+				m.Err = err.Error()
+			}
+			send(m)
+		}
+	}()
+
+	// The Upgrader finds an inherited listener by the network and address
+	// it was asked for (or by the address it is bound to), so two
+	// listeners on ephemeral ports must be asked for by different names.
+	plainLn, err := upg.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fail(err)
+	}
+	tlsLn, err := upg.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return fail(err)
+	}
+	plain := &http.Server{Handler: handler()}
+	secure := &http.Server{Handler: handler()}
 	certFile, keyFile := os.Getenv(envCert), os.Getenv(envKey)
-	var stop func(context.Context) generationReport
+	served := make(chan error, 2)
+	var stop func(context.Context) message
 	switch how {
 	case "drain":
-		opts := drain.Options{IdleGrace: idleGrace}
+		opts := drain.Options{IdleGrace: idleGrace, Logger: logger}
 		dp, ds := drain.NewServer(plain, opts), drain.NewServer(secure, opts)
-		go dp.Serve(lns[0])
-		go ds.ServeTLS(lns[1], certFile, keyFile)
-		stop = func(ctx context.Context) (r generationReport) {
+		go func() { served <- dp.Serve(plainLn) }()
+		go func() { served <- ds.ServeTLS(tlsLn, certFile, keyFile) }()
+		stop = func(ctx context.Context) (m message) {
+			m.Stats = make([]drain.Stats, 2)
+			errs := make([]error, 2)
 			var wg sync.WaitGroup
-			var errP, errS error
-			wg.Add(2)
-			go func() { defer wg.Done(); r.Plain, errP = dp.Drain(ctx) }()
-			go func() { defer wg.Done(); r.TLS, errS = ds.Drain(ctx) }()
+			for i, s := range []*drain.Server{dp, ds} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					m.Stats[i], errs[i] = s.Drain(ctx)
+				}()
+			}
 			wg.Wait()
-			for _, err := range []error{errP, errS} {
+			for _, err := range errs {
 				if err != nil {
-					r.Errors = append(r.Errors, err.Error())
+					m.Errors = append(m.Errors, "drain: "+err.Error())
 				}
 			}
-			return r
+			return m
 		}
 	case "shutdown":
-		go plain.Serve(lns[0])
-		go secure.ServeTLS(lns[1], certFile, keyFile)
-		stop = func(ctx context.Context) (r generationReport) {
+		go func() { served <- plain.Serve(plainLn) }()
+		go func() { served <- secure.ServeTLS(tlsLn, certFile, keyFile) }()
+		stop = func(ctx context.Context) (m message) {
 			for _, srv := range []*http.Server{plain, secure} {
 				if err := srv.Shutdown(ctx); err != nil {
-					r.Errors = append(r.Errors, err.Error())
+					m.Errors = append(m.Errors, "shutdown: "+err.Error())
 				}
 			}
-			return r
+			return m
 		}
 	default:
 		return fail(fmt.Errorf("unknown %s %q", envGeneration, how))
 	}
 
-	if _, err := ready.Write([]byte{1}); err != nil {
+	if err := upg.Ready(); err != nil {
 		return fail(err)
 	}
-	ready.Close()
-	<-sigc
+	send(message{Event: "ready", PID: os.Getpid(), Addrs: []string{plainLn.Addr().String(), tlsLn.Addr().String()}})
+	<-upg.Exit()
+
 	ctx, cancel := context.WithTimeout(context.Background(), drainLimit)
 	defer cancel()
-	if err := json.NewEncoder(os.Stdout).Encode(stop(ctx)); err != nil {
-		return fail(err)
+	m := stop(ctx)
+	m.Event = "exit"
+	for range 2 {
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			m.Errors = append(m.Errors, fmt.Sprintf("serve: %v", err))
+		}
 	}
+	send(m)
 	return 0
 }
 
+// generation is the test's view of one generation.
 type generation struct {
-	cmd    *exec.Cmd
-	stdout bytes.Buffer
-	stderr bytes.Buffer
-	exited chan error // after stop
+	pid   int
+	addrs []string
+	conn  net.Conn
+	dec   *json.Decoder
+	gone  bool // its report connection has ended
 }
 
-// startGeneration starts the next generation on the sockets in files and
-// waits until it is ready.
-func startGeneration(t *testing.T, how string, files []*os.File, certFile, keyFile string) *generation {
-	t.Helper()
-	r, w, err := os.Pipe()
+// upgradeTest runs generations and reads their reports.
+type upgradeTest struct {
+	t    *testing.T
+	ln   *net.UnixListener
+	log  string // the generations' standard error
+	gens []*generation
+}
+
+func (ut *upgradeTest) fatalf(format string, args ...any) {
+	ut.t.Helper()
+	out, _ := os.ReadFile(ut.log)
+	ut.t.Fatalf(format+"\ngenerations' stderr:\n%s", append(args, out)...)
+}
+
+// accept returns the next generation that reports, once it is ready.
+func (ut *upgradeTest) accept() *generation {
+	ut.t.Helper()
+	ut.ln.SetDeadline(time.Now().Add(wait))
+	conn, err := ut.ln.Accept()
 	if err != nil {
-		t.Fatal(err)
+		ut.fatalf("no new generation: %v", err)
 	}
-	defer r.Close()
-	g := &generation{cmd: exec.Command(os.Args[0], "-test.run=^$")}
-	g.cmd.Env = append(os.Environ(), envGeneration+"="+how, envCert+"="+certFile, envKey+"="+keyFile)
-	g.cmd.ExtraFiles = append(append([]*os.File(nil), files...), w)
-	g.cmd.Stdout, g.cmd.Stderr = &g.stdout, &g.stderr
-	err = g.cmd.Start()
-	w.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.SetReadDeadline(time.Now().Add(wait))
-	if _, err := io.ReadFull(r, make([]byte, 1)); err != nil {
-		g.cmd.Process.Kill()
-		g.cmd.Wait()
-		t.Fatalf("generation not ready: %v; stderr:\n%s", err, g.stderr.String())
+	g := &generation{conn: conn, dec: json.NewDecoder(conn)}
+	ut.gens = append(ut.gens, g)
+	m := ut.next(g, "ready", wait)
+	g.pid, g.addrs = m.PID, m.Addrs
+	if len(g.addrs) != 2 {
+		ut.fatalf("generation %d reported addresses %q", g.pid, g.addrs)
 	}
 	return g
 }
 
-// stop sends SIGTERM: the generation drains and exits in the
-// background while the next upgrade goes on, as a real old generation
-// does.
-func (g *generation) stop(t *testing.T) {
-	t.Helper()
-	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
+// next reads g's next message, which must be event, within limit.
+func (ut *upgradeTest) next(g *generation, event string, limit time.Duration) message {
+	ut.t.Helper()
+	g.conn.SetReadDeadline(time.Now().Add(limit))
+	var m message
+	if err := g.dec.Decode(&m); err != nil {
+		ut.fatalf("generation %d, waiting for %q: %v", g.pid, event, err)
 	}
-	g.exited = make(chan error, 1)
-	go func() { g.exited <- g.cmd.Wait() }()
+	if m.Event != event || m.Err != "" {
+		ut.fatalf("generation %d: got %q %s, want %q", g.pid, m.Event, m.Err, event)
+	}
+	return m
 }
 
-// report waits for a stopped generation to exit and returns its report.
-func (g *generation) report(t *testing.T) generationReport {
-	t.Helper()
-	var err error
-	select {
-	case err = <-g.exited:
-	case <-time.After(drainLimit + wait):
-		g.cmd.Process.Kill()
-		<-g.exited
-		t.Fatalf("generation did not exit; stderr:\n%s", g.stderr.String())
+// exited waits for g's report connection to end, which its exit does.
+func (ut *upgradeTest) exited(g *generation) {
+	ut.t.Helper()
+	g.conn.SetReadDeadline(time.Now().Add(wait))
+	var m message
+	if err := g.dec.Decode(&m); err != io.EOF {
+		ut.fatalf("generation %d after its exit report: %+v, %v", g.pid, m, err)
 	}
-	if err != nil {
-		t.Fatalf("generation: %v; stderr:\n%s", err, g.stderr.String())
-	}
-	var rep generationReport
-	if err := json.Unmarshal(g.stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("generation report %q: %v", g.stdout.String(), err)
-	}
-	return rep
+	g.gone = true
 }
 
-// listenerFile returns a new descriptor for ln's socket, to pass to a
-// child process.
-//
-// Not ln.File(): that *os.File is marked as having been non-blocking,
-// so its Fd method, which exec.Cmd calls on every ExtraFiles entry, puts
-// the socket into blocking mode. The mode belongs to the socket, shared
-// by every process holding it: the running generation's accept would
-// then block inside the kernel, and closing its listener could no longer
-// stop it from taking the next connection. A descriptor given to
-// os.NewFile keeps its mode when Fd is called.
-func listenerFile(t *testing.T, ln net.Listener) *os.File {
-	t.Helper()
-	rc, err := ln.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		nfd  int
-		derr error
-	)
-	err = rc.Control(func(fd uintptr) {
-		// Under ForkLock so that no child started meanwhile inherits the
-		// descriptor before it is close-on-exec.
-		syscall.ForkLock.RLock()
-		defer syscall.ForkLock.RUnlock()
-		if nfd, derr = syscall.Dup(int(fd)); derr == nil {
-			syscall.CloseOnExec(nfd)
-		}
-	})
-	if err == nil {
-		err = derr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(nfd), "listener")
-	t.Cleanup(func() { f.Close() })
-	return f
-}
-
-// waitProgress waits until every run has sent at least min more requests
-// than in last, and updates last.
-func waitProgress(t *testing.T, runs []*load.Run, last []int64, min int64) {
+// waitProgress waits until every load has finished at least min more
+// requests than in last, and updates last.
+func waitProgress(t *testing.T, loads []*loadgen.Load, last []int64, min int64) {
 	t.Helper()
 	deadline := time.Now().Add(wait)
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
-	for i, r := range runs {
-		for r.Requests() < last[i]+min {
+	for i, l := range loads {
+		for l.Counts().Requests < last[i]+min {
 			if time.Now().After(deadline) {
-				t.Fatalf("%v clients made no progress", load.Modes[i])
+				t.Fatalf("load %d made no progress", i)
 			}
 			<-tick.C
 		}
-		last[i] = r.Requests()
+		last[i] = l.Counts().Requests
 	}
 }
 
-// upgradeUnderLoad upgrades a real server the given number of times
-// while clients of every mode run, stopping each old generation as how
-// says, and returns what the clients saw and what the generations
-// reported.
-func upgradeUnderLoad(t *testing.T, how string) ([]load.Result, []generationReport) {
+// loadResult is what the clients of one mode and method saw.
+type loadResult struct {
+	name     string
+	mode     loadgen.Mode
+	requests int
+	failures map[loadgen.Outcome]int
+	failed   int
+	examples map[loadgen.Outcome]string
+}
+
+// upgradeUnderLoad starts a server and upgrades it n times while clients
+// of every mode run, each old generation stopping as how says. It returns
+// what the clients saw, each generation's exit report, in order, and the
+// name of the file that holds the generations' standard error.
+func upgradeUnderLoad(t *testing.T, how string, n int) ([]loadResult, []message, string) {
 	dir := t.TempDir()
-	certFile, keyFile, clientTLS, err := load.Cert(dir)
+	certFile, keyFile, clientTLS, err := loadgen.WriteLoopbackCert(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var files []*os.File
-	var addrs []string
-	for range 2 {
-		// The test holds the sockets the way an Upgrader's parent and
-		// child do; it never accepts on them.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		files = append(files, listenerFile(t, ln))
-		addrs = append(addrs, ln.Addr().String())
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "report.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer ln.Close()
+	logFile, err := os.Create(filepath.Join(dir, "generations.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	ut := &upgradeTest{t: t, ln: ln, log: logFile.Name()}
 
-	g := startGeneration(t, how, files, certFile, keyFile)
-	ctx, stopLoad := context.WithCancel(context.Background())
-	defer stopLoad()
-	runs := make([]*load.Run, len(load.Modes))
-	for i, m := range load.Modes {
-		addr := addrs[0]
-		if m == load.HTTP2 {
-			addr = addrs[1]
-		}
-		runs[i] = load.Start(ctx, load.Config{Mode: m, Addr: addr, Clients: clients, TLS: clientTLS.Clone()})
+	// The first generation is the test's child; the later ones are
+	// children of their predecessors, and share its standard streams.
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envGeneration+"="+how, envReport+"="+ln.Addr().String(),
+		envCert+"="+certFile, envKey+"="+keyFile,
+		// Under the race detector a process lingers a second at exit
+		// by default, and each upgrade waits for the previous
+		// generation's exit. Races are still reported, in the log.
+		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	cmd.Stderr = logFile // a file, so that Wait does not wait for later generations too
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	results := func() []load.Result {
-		stopLoad()
-		res := make([]load.Result, len(runs))
-		for i, r := range runs {
-			res[i] = r.Wait()
-		}
-		return res
-	}
-
-	last := make([]int64, len(runs))
-	var old []*generation
+	waited := false
 	defer func() {
-		for _, g := range old {
-			g.cmd.Process.Kill() // only if the test failed half-way
+		if waited {
+			return
+		}
+		// The test failed half-way.
+		cmd.Process.Kill()
+		for _, g := range ut.gens {
+			if !g.gone && g.pid > 0 {
+				syscall.Kill(g.pid, syscall.SIGKILL)
+			}
+		}
+		cmd.Wait()
+	}()
+	defer func() {
+		for _, g := range ut.gens {
+			g.conn.Close()
 		}
 	}()
-	for range upgrades {
-		waitProgress(t, runs, last, 4*clients)
-		next := startGeneration(t, how, files, certFile, keyFile)
-		g.stop(t)
-		old = append(old, g)
-		g = next
+	g := ut.accept()
+	first := g
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var (
+		loads   []*loadgen.Load
+		results []loadResult
+	)
+	for _, mode := range loadgen.Modes() {
+		url := "http://" + g.addrs[0] + "/"
+		if mode == loadgen.ModeHTTP2 {
+			url = "https://" + g.addrs[1] + "/"
+		}
+		for _, method := range []string{http.MethodGet, http.MethodPost} {
+			opts := loadgen.Options{
+				URL:       url,
+				Mode:      mode,
+				Conns:     clients,
+				Method:    method,
+				Duration:  time.Hour, // stopped below
+				TLSConfig: clientTLS,
+			}
+			if method == http.MethodPost {
+				opts.Body = postBody
+			}
+			l, err := loadgen.Start(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			loads = append(loads, l)
+			results = append(results, loadResult{name: string(mode) + " " + method, mode: mode})
+		}
 	}
-	waitProgress(t, runs, last, 4*clients)
-	res := results() // before the last generation stops: that is no upgrade
-	g.stop(t)
-	old = append(old, g)
-	var reports []generationReport
-	for _, g := range old {
-		reports = append(reports, g.report(t))
+	var stopped sync.Once
+	stopLoads := func() {
+		stopped.Do(func() {
+			for i, l := range loads {
+				res := l.Stop()
+				r := &results[i]
+				r.requests, r.failures, r.examples = len(res.Records), res.Failures(), res.Examples
+				for _, n := range r.failures {
+					r.failed += n
+				}
+			}
+		})
 	}
-	old = nil
-	return res, reports
+	defer stopLoads()
+
+	last := make([]int64, len(loads))
+	for range n {
+		waitProgress(t, loads, last, 2*clients)
+		if err := syscall.Kill(g.pid, syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		// Upgrade returns once the next generation is ready. It waits
+		// first for the exit of g's parent, whose drain may still run.
+		ut.next(g, "upgrade", drainLimit+wait)
+		g = ut.accept()
+		if fmt.Sprint(g.addrs) != fmt.Sprint(first.addrs) {
+			ut.fatalf("generation %d listens on %v, not on the inherited %v", g.pid, g.addrs, first.addrs)
+		}
+	}
+	waitProgress(t, loads, last, 2*clients)
+	stopLoads() // before the last generation stops: that is no upgrade
+	if err := syscall.Kill(g.pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var reports []message
+	for _, g := range ut.gens {
+		reports = append(reports, ut.next(g, "exit", drainLimit+wait))
+		ut.exited(g)
+	}
+	waited = true
+	// Only the first generation's exit status reaches the test; the
+	// race detector and the runtime say in the log what went wrong in
+	// the others.
+	if out, _ := os.ReadFile(ut.log); bytes.Contains(out, []byte("DATA RACE")) || bytes.Contains(out, []byte("panic:")) {
+		ut.fatalf("a generation failed")
+	}
+	if err := cmd.Wait(); err != nil {
+		ut.fatalf("first generation: %v", err)
+	}
+	return results, reports, ut.log
 }
 
-func logResults(t *testing.T, res []load.Result) {
+func logResults(t *testing.T, res []loadResult) {
 	t.Helper()
 	for _, r := range res {
-		t.Logf("%-9v %6d requests, %4d failed", r.Mode, r.Requests, r.Failures)
-		for _, e := range r.Errors {
-			t.Logf("%-9v   %s", r.Mode, e)
+		t.Logf("%-13s %6d requests, %4d failed %v", r.name, r.requests, r.failed, r.failures)
+		for o, e := range r.examples {
+			t.Logf("%-13s   %v: %s", r.name, o, e)
 		}
 	}
 }
 
 // Drained generations lose no request in any client mode.
 func TestUpgradeUnderLoadDrain(t *testing.T) {
-	res, reports := upgradeUnderLoad(t, "drain")
+	res, reports, logFile := upgradeUnderLoad(t, "drain", upgrades)
 	logResults(t, res)
 	for _, r := range res {
-		if r.Failures != 0 {
-			t.Errorf("%v: %d of %d requests failed", r.Mode, r.Failures, r.Requests)
+		if r.failed != 0 || r.requests == 0 {
+			t.Errorf("%s: %d of %d requests failed", r.name, r.failed, r.requests)
 		}
 	}
-	for i, rep := range reports[:len(reports)-1] {
-		if len(rep.Errors) > 0 || rep.Plain.Cut()+rep.TLS.Cut() > 0 {
-			t.Errorf("generation %d: drain cut %+v %+v: %v", i+1, rep.Plain, rep.TLS, rep.Errors)
+	for i, rep := range reports {
+		cut := 0
+		for _, st := range rep.Stats {
+			cut += st.Cut()
+		}
+		if len(rep.Errors) > 0 || cut > 0 {
+			out, _ := os.ReadFile(logFile)
+			t.Errorf("generation %d: drain cut %d: %+v: %v\ngenerations' stderr:\n%s", i+1, cut, rep.Stats, rep.Errors, out)
 		}
 	}
 }
@@ -357,9 +492,15 @@ func TestUpgradeUnderLoadDrain(t *testing.T) {
 // connections after a response that did not say "Connection: close"),
 // far too many to miss by luck.
 func TestUpgradeUnderLoadShutdownLoses(t *testing.T) {
-	res, _ := upgradeUnderLoad(t, "shutdown")
+	res, _, _ := upgradeUnderLoad(t, "shutdown", upgrades)
 	logResults(t, res)
-	if res[load.KeepAlive].Failures == 0 {
+	lost := 0
+	for _, r := range res {
+		if r.mode == loadgen.ModeKeepAlive {
+			lost += r.failed
+		}
+	}
+	if lost == 0 {
 		t.Errorf("bare Shutdown lost no keep-alive request in %d upgrades: the test cannot see losses", upgrades)
 	}
 }

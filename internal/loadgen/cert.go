@@ -1,4 +1,4 @@
-package load
+package loadgen
 
 import (
 	"crypto/ecdsa"
@@ -15,25 +15,28 @@ import (
 	"time"
 )
 
-// Cert writes a fresh self-signed certificate for 127.0.0.1, ::1 and
-// localhost into dir, as cert.pem and key.pem, and returns their paths
-// and a client configuration that trusts it and offers HTTP/2.
-func Cert(dir string) (certFile, keyFile string, client *tls.Config, err error) {
+// WriteLoopbackCert writes a fresh self-signed certificate for 127.0.0.1,
+// ::1 and localhost, and its key, into dir as cert.pem and key.pem, for
+// the HTTPS listener of a server under test. It returns the file names
+// and a client config that trusts exactly that certificate, to use as
+// Options.TLSConfig. The certificate is valid for a day.
+func WriteLoopbackCert(dir string) (certFile, keyFile string, client *tls.Config, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return "", "", nil, err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{Organization: []string{"drain test"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "tableflip loadgen"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true,
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+
 		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		DNSNames:              []string{"localhost"},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -57,5 +60,5 @@ func Cert(dir string) (certFile, keyFile string, client *tls.Config, err error) 
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
-	return certFile, keyFile, &tls.Config{RootCAs: pool, NextProtos: []string{"h2", "http/1.1"}}, nil
+	return certFile, keyFile, &tls.Config{RootCAs: pool}, nil
 }
