@@ -366,6 +366,7 @@ func startServer(t testing.TB, cfg serverConfig) *server {
 	)
 	cmd.Env = append(cmd.Env, cfg.env...)
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -506,12 +507,12 @@ func (s *server) cleanup() {
 		s.first.Process.Kill()
 		s.first.Wait()
 	}
-	// Kill and reap every generation seen, so that no test leaves a
+	// Kill every generation, seen or not (they share the first one's
+	// process group), and reap those seen, so that no test leaves a
 	// process or a zombie behind.
+	syscall.Kill(-s.first.Process.Pid, syscall.SIGKILL)
 	for pid := range s.seen {
-		if syscall.Kill(pid, syscall.SIGKILL) == nil {
-			syscall.Wait4(pid, nil, 0, nil)
-		}
+		syscall.Wait4(pid, nil, 0, nil)
 	}
 	for range s.lines {
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -98,17 +99,24 @@ func helperStateServer() int {
 		return 1
 	}
 	fmt.Printf("ready %d %s -\n", os.Getpid(), ln.Addr())
+	var wg sync.WaitGroup
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go handleCommands(upg, ln, c)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handleCommands(upg, ln, c)
+			}()
 		}
 	}()
 	<-upg.Exit()
 	ln.Close()
+	// The upgrade command answers after Exit is closed.
+	wg.Wait()
 	say("exiting")
 	return 0
 }
@@ -150,6 +158,9 @@ func TestStateFailures(t *testing.T) {
 		if got := s.waitEvent(s.pid, "upgrade-failed"); !strings.Contains(got, "disk on fire") {
 			t.Errorf("OnUpgradeFailed got %q", got)
 		}
+		if got := strings.Join(s.waitLine("event ")[2:], " "); !strings.Contains(got, "state writer failed: disk on fire") {
+			t.Errorf("new generation read %q, want the writer's error", got)
+		}
 	})
 
 	t.Run("reader rejects", func(t *testing.T) {
@@ -159,6 +170,10 @@ func TestStateFailures(t *testing.T) {
 		}
 		if got := s.waitEvent(s.pid, "upgrade-failed"); !strings.Contains(got, "exited before it was ready") {
 			t.Errorf("OnUpgradeFailed got %q", got)
+		}
+		want := fmt.Sprintf("state bytes=%d sum=%s err=<nil>", 4<<20, patternSum(4<<20))
+		if got := strings.Join(s.waitLine("event ")[2:], " "); got != want {
+			t.Errorf("new generation read %q, want %q before it rejected it", got, want)
 		}
 	})
 
