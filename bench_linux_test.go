@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -40,6 +41,45 @@ func BenchmarkUpgrade(b *testing.B) {
 			sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
 			b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "ms-median")
 			b.ReportMetric(float64(took[len(took)*99/100].Microseconds())/1000, "ms-p99")
+		})
+	}
+}
+
+// BenchmarkUpgradeState times Upgrade with 1, 64 and 256 MiB of state
+// handed on, and reports the peak RSS of both generations.
+//
+//	go test -run '^$' -bench UpgradeState -benchtime 5x .
+func BenchmarkUpgradeState(b *testing.B) {
+	for _, mib := range []int64{1, 64, 256} {
+		b.Run(fmt.Sprintf("MiB=%d", mib), func(b *testing.B) {
+			s := startStateServer(b, mib<<20)
+			s.waitEvent(s.pid, "peak-rss")
+			var took []time.Duration
+			var oldPeak, newPeak int
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				reply := s.command("upgrade")
+				took = append(took, time.Since(start))
+				b.StopTimer()
+				if reply != "ok" {
+					b.Fatalf("upgrade: %s", reply)
+				}
+				old := s.pid
+				s.pid, _ = strconv.Atoi(s.waitLine("ready ")[1])
+				p, _ := strconv.Atoi(strings.Fields(s.waitEvent(old, "peak-rss"))[1])
+				oldPeak = max(oldPeak, p)
+				p, _ = strconv.Atoi(strings.Fields(s.waitEvent(s.pid, "peak-rss"))[1])
+				newPeak = max(newPeak, p)
+				s.waitEvent(old, "exiting")
+				s.reap(old)
+				s.command("waitparent")
+				b.StartTimer()
+			}
+			sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+			b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "ms-median")
+			b.ReportMetric(float64(oldPeak)/1024, "MiB-old-peak-rss")
+			b.ReportMetric(float64(newPeak)/1024, "MiB-new-peak-rss")
 		})
 	}
 }

@@ -98,6 +98,7 @@ func helperStateServer() int {
 		say("ready-error %v", err)
 		return 1
 	}
+	say("peak-rss %d", peakRSS())
 	fmt.Printf("ready %d %s -\n", os.Getpid(), ln.Addr())
 	var wg sync.WaitGroup
 	go func() {
@@ -117,11 +118,12 @@ func helperStateServer() int {
 	ln.Close()
 	// The upgrade command answers after Exit is closed.
 	wg.Wait()
+	say("peak-rss %d", peakRSS())
 	say("exiting")
 	return 0
 }
 
-func startStateServer(t *testing.T, size int64) *server {
+func startStateServer(t testing.TB, size int64) *server {
 	t.Helper()
 	s := startServer(t, serverConfig{env: []string{helperEnv + "=stateserver", stateSizeEnv + "=" + strconv.FormatInt(size, 10)}})
 	s.udp = "-"
@@ -158,7 +160,7 @@ func TestStateFailures(t *testing.T) {
 		if got := s.waitEvent(s.pid, "upgrade-failed"); !strings.Contains(got, "disk on fire") {
 			t.Errorf("OnUpgradeFailed got %q", got)
 		}
-		if got := strings.Join(s.waitLine("event ")[2:], " "); !strings.Contains(got, "state writer failed: disk on fire") {
+		if got := strings.Join(waitStateEvent(s)[2:], " "); !strings.Contains(got, "state writer failed: disk on fire") {
 			t.Errorf("new generation read %q, want the writer's error", got)
 		}
 	})
@@ -172,7 +174,7 @@ func TestStateFailures(t *testing.T) {
 			t.Errorf("OnUpgradeFailed got %q", got)
 		}
 		want := fmt.Sprintf("state bytes=%d sum=%s err=<nil>", 4<<20, patternSum(4<<20))
-		if got := strings.Join(s.waitLine("event ")[2:], " "); got != want {
+		if got := strings.Join(waitStateEvent(s)[2:], " "); got != want {
 			t.Errorf("new generation read %q, want %q before it rejected it", got, want)
 		}
 	})
@@ -187,8 +189,8 @@ func TestStateFailures(t *testing.T) {
 		io.Copy(io.Discard, c)
 		c.Close()
 		s.first.Wait()
-		fields := s.waitLine("event ")
-		if fields[2] != "state" || !strings.Contains(strings.Join(fields, " "), "truncated") {
+		fields := waitStateEvent(s)
+		if !strings.Contains(strings.Join(fields, " "), "truncated") {
 			t.Errorf("new generation after its parent died mid-stream: %q, want a truncated-state error", fields)
 		}
 		child, _ := strconv.Atoi(fields[1])
@@ -210,4 +212,27 @@ func TestStateFirstStart(t *testing.T) {
 	if _, err := u.State(); !errors.Is(err, ErrNoState) {
 		t.Errorf("State on a first start: %v, want ErrNoState", err)
 	}
+}
+
+// waitStateEvent returns the next report of a new generation on the
+// state it read.
+func waitStateEvent(s *server) []string {
+	s.t.Helper()
+	for {
+		if fields := s.waitLine("event "); fields[2] == "state" {
+			return fields
+		}
+	}
+}
+
+// peakRSS is this process's peak resident set size in KiB (VmHWM).
+func peakRSS() int {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			return n
+		}
+	}
+	return -1
 }
