@@ -111,7 +111,7 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 		exited: make(chan struct{}),
 
 		generation: hello.Generation,
-		state:  state,
+		state:      state,
 	}
 	go p.watch()
 	return p, entries, nil

@@ -339,7 +339,7 @@ type server struct {
 	lines   chan string
 	backlog []string
 	// seen are the pids of every generation that printed a line.
-	seen map[int]bool
+	seen    map[int]bool
 	pidFile string
 }
 
