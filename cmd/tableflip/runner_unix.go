@@ -183,7 +183,7 @@ func (c *checker) startServer() error {
 			argv = append(argv, "-control", c.cfg.control)
 		}
 		if slices.Contains(c.cfg.modes, loadgen.ModeHTTP2) {
-			cert, key, conf, err := writeLoopbackCert(c.dir)
+			cert, key, conf, err := loadgen.WriteLoopbackCert(c.dir)
 			if err != nil {
 				return fmt.Errorf("cannot make a certificate for the sample server: %w", err)
 			}
