@@ -110,6 +110,10 @@ type Fds struct {
 	used []*entry
 	lc   *net.ListenConfig
 	log  *slog.Logger
+
+	// activated are the sockets systemd passed that nobody has asked
+	// for yet (see SystemdOptions).
+	activated sdFds
 }
 
 func newFds(inherited []*entry, lc *net.ListenConfig, log *slog.Logger) *Fds {
@@ -211,7 +215,7 @@ func (f *Fds) take(k key) *entry {
 	}
 	if len(list) == 0 {
 		delete(f.inherited, k)
-		return nil
+		return f.takeActivated(k)
 	}
 	e := list[0]
 	e.taken = true
@@ -573,7 +577,7 @@ func (f *Fds) closeInherited() {
 			if e.taken {
 				continue
 			}
-			if k == e.key && k.isUnixFile() {
+			if k == e.key && k.isUnixFile() && !e.heldBySystemd() {
 				// Nobody serves on it any more: a stale socket
 				// file would only make clients wait for nothing.
 				unlinkUnixSocket(k.addr)
@@ -586,6 +590,7 @@ func (f *Fds) closeInherited() {
 			e.close()
 		}
 	}
+	f.closeActivated()
 	clear(f.inherited)
 }
 
@@ -595,7 +600,7 @@ func (f *Fds) closeUsed(final bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, e := range f.used {
-		if final && e.isUnixFile() {
+		if final && e.isUnixFile() && !e.heldBySystemd() {
 			unlinkUnixSocket(e.addr)
 		}
 		e.close()

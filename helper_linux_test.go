@@ -42,6 +42,7 @@ const (
 var helpers = map[string]func() int{
 	"server":   helperServer,
 	"envcheck": helperEnvCheck,
+	"sdserver": helperSystemdServer,
 }
 
 func TestMain(m *testing.M) {

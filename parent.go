@@ -72,6 +72,7 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 		return fmt.Errorf("tableflip: can't start new generation: %w", err)
 	}
 	u.log.Info("tableflip: new generation started", "pid", proc.Pid, "executable", path, "sockets", len(p.fds))
+	u.sdChildStarted(proc.Pid)
 
 	exited := make(chan *os.ProcessState, 1)
 	go func() {
@@ -96,6 +97,7 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 				if err == nil {
 					u.children = append(u.children, &childLink{conn: conn, pid: proc.Pid})
 					u.log.Info("tableflip: new generation is ready", "pid", proc.Pid)
+					u.sdChildReady(proc.Pid)
 					return nil
 				}
 			}

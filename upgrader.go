@@ -35,6 +35,11 @@ type Options struct {
 	// generation's pid, readiness, failure and its reason, and the
 	// parent's exit. Nil means silent.
 	Logger *slog.Logger
+	// Systemd, if not nil, tells systemd about readiness, upgrades and
+	// the final stop, takes the sockets systemd passes (socket
+	// activation), and can keep them in systemd's fd store: see
+	// SystemdOptions. Nil means that nothing systemd-related happens.
+	Systemd *SystemdOptions
 	// ControlSocket, if not empty, is the path of a Unix socket on which
 	// the live generation answers "upgrade" and "status" requests (see
 	// ControlRequest; "tableflip upgrade" and "tableflip status" are its
@@ -73,6 +78,7 @@ type Upgrader struct {
 	log    *slog.Logger
 	env    *osEnv
 	parent *parentLink
+	sd     *sdState
 	stats  upgradeStats
 	ctl    *controlServer
 
@@ -147,6 +153,7 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 	if err := u.initControl(); err != nil {
 		return nil, err
 	}
+	u.initSystemd()
 	go u.run()
 	return u, nil
 }
@@ -166,6 +173,7 @@ func (u *Upgrader) Ready() error {
 	u.readyOnce.Do(func() {
 		u.readyErr = u.ready()
 		if u.readyErr == nil {
+			u.sdReady()
 			close(u.readyC)
 		}
 	})
@@ -294,6 +302,7 @@ func (u *Upgrader) run() {
 			u.Fds.closeUsed(!upgraded)
 			if !upgraded {
 				removePIDFile(u.opts.PIDFile, u.env.wd)
+				u.sdStopping()
 			}
 			return
 
@@ -316,6 +325,7 @@ func (u *Upgrader) run() {
 					parentExited = nil
 					u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
 				default:
+					u.sdRefused(ErrParentRunning)
 					request <- ErrParentRunning
 					continue
 				}
@@ -337,6 +347,7 @@ func (u *Upgrader) upgrade() (err error) {
 	u.stats.upgradeStarted()
 	defer func() { u.stats.upgradeFinished(err, u.childPID(), start) }()
 	u.log.Info("tableflip: upgrade starting")
+	u.sdUpgradeStarting()
 	result := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -354,6 +365,7 @@ func (u *Upgrader) upgrade() (err error) {
 		case err := <-result:
 			if err != nil {
 				u.log.Error("tableflip: upgrade failed", "error", err, "duration", time.Since(start))
+				u.sdUpgradeFailed(err)
 				if u.opts.OnUpgradeFailed != nil {
 					u.opts.OnUpgradeFailed(err)
 				}
