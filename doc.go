@@ -55,16 +55,27 @@
 //
 // # Under systemd
 //
-// With a PID file, systemd follows the serving generation:
+// With Options.Systemd set, systemd follows the serving generation
+// through sd_notify, and the sockets it passes are carried through every
+// upgrade (see SystemdOptions):
 //
 //	[Service]
-//	Type=forking
-//	PIDFile=/run/app.pid
+//	Type=notify
+//	NotifyAccess=main
 //	ExecStart=/usr/local/bin/app
 //	ExecReload=/bin/kill -HUP $MAINPID
 //
-// examples/systemd has units for Type=notify and Type=notify-reload, which
-// make systemctl reload wait for the outcome of the upgrade.
+// With a PID file instead, use Type=forking and PIDFile=. examples/systemd
+// has units for both, for Type=notify-reload (which makes systemctl reload
+// wait for the outcome of the upgrade) and for the control socket.
+//
+// # Knowing the outcome, and state
+//
+// Options.ControlSocket serves "upgrade" and "status" on a Unix socket
+// that every generation hands on; "tableflip upgrade" and "tableflip
+// status" are its clients, and Upgrader.Stats has the same numbers in
+// process. Options.WriteState streams application state to the new
+// generation, which reads it with Upgrader.State.
 //
 // # How an upgrade goes
 //
