@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/seed589fcc9d/tableflip/internal/handover"
 	"golang.org/x/sys/unix"
@@ -34,6 +35,11 @@ type parentLink struct {
 	// generation is the parent's generation number (0 from a parent
 	// that predates it).
 	generation uint64
+	// live are the generations alive when the parent sent its hello,
+	// itself included; empty from a parent that runs one at a time.
+	live []handover.LiveGeneration
+	// ackAt is when the acknowledgement came; set before ack closes.
+	ackAt time.Time
 	// state is the state stream, if the parent hands state on.
 	state *stateStream
 }
@@ -111,6 +117,7 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 		exited: make(chan struct{}),
 
 		generation: hello.Generation,
+		live:       hello.Live,
 		state:      state,
 	}
 	go p.watch()
@@ -135,6 +142,7 @@ func (p *parentLink) watch() {
 		p.exitErr = fmt.Errorf("%w (pid %d)", ErrParentExited, p.pid)
 		return
 	}
+	p.ackAt = time.Now()
 	close(p.ack)
 	// The parent sends nothing more; anything but end of file is as
 	// good as it.

@@ -94,12 +94,13 @@ const (
 // Reasons in a ControlError.
 const (
 	// The upgrade was refused without starting anything.
-	ReasonNotReady      = "not_ready"      // ErrNotReady
-	ReasonInProgress    = "in_progress"    // ErrUpgradeInProgress
-	ReasonParentRunning = "parent_running" // ErrParentRunning
-	ReasonStopped       = "stopped"        // ErrStopped
-	ReasonUpgraded      = "upgraded"       // ErrUpgraded
-	ReasonNotSupported  = "not_supported"  // ErrNotSupported, or no peer credentials
+	ReasonNotReady      = "not_ready"            // ErrNotReady
+	ReasonInProgress    = "in_progress"          // ErrUpgradeInProgress
+	ReasonParentRunning = "parent_running"       // ErrParentRunning
+	ReasonTooMany       = "too_many_generations" // ErrTooManyGenerations
+	ReasonStopped       = "stopped"              // ErrStopped
+	ReasonUpgraded      = "upgraded"             // ErrUpgraded
+	ReasonNotSupported  = "not_supported"        // ErrNotSupported, or no peer credentials
 	// The new generation failed; PID, ExitCode and Signal say how it
 	// ended.
 	ReasonTimeout     = "timeout"      // ErrTimeout; also a request not sent in time

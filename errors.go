@@ -21,6 +21,9 @@ var (
 	// ErrParentRunning: the generation that started this one has not
 	// exited yet (one upgrade at a time, as in cloudflare/tableflip).
 	ErrParentRunning = errors.New("tableflip: the previous generation has not exited yet")
+	// ErrTooManyGenerations: Options.MaxGenerations generations would
+	// be alive with the new one; the older ones are still draining.
+	ErrTooManyGenerations = errors.New("tableflip: too many generations alive")
 	// ErrStopped: Stop was called ("terminating" in cloudflare/tableflip).
 	ErrStopped = errors.New("tableflip: upgrader is stopped")
 	// ErrUpgraded: an upgrade already succeeded; this generation is on

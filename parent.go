@@ -162,7 +162,8 @@ func handoverError(err error) error {
 // handOver sends the manifest and the descriptors, streams the state,
 // and waits for the child's readiness.
 func (u *Upgrader) handOver(conn *handover.Conn, p *passed, state *stateSender, token [handover.TokenSize]byte, pid int) error {
-	hello := handover.Hello{Version: handover.Version, Token: token, Entries: p.entries, Generation: u.stats.generation}
+	hello := handover.Hello{Version: handover.Version, Token: token, Entries: p.entries, Generation: u.stats.generation,
+		Live: u.handoverGenerations()}
 	payload, err := hello.MarshalBinary()
 	if err != nil {
 		return err

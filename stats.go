@@ -40,10 +40,17 @@ type Stats struct {
 	// and LastFailureAt when; nil and zero if none has failed.
 	LastFailure   *ControlError `json:"last_failure,omitempty"`
 	LastFailureAt time.Time     `json:"last_failure_at,omitzero"`
-	// Draining lists the older generations that are still running and
-	// draining their connections: for now at most the parent, until it
-	// exits.
+	// Draining lists the pids of the older generations that are still
+	// running and draining their connections, oldest first: at most the
+	// parent, unless Options.MaxGenerations allows more.
 	Draining []int `json:"draining,omitempty"`
+	// Generations lists the live generations, oldest first and this one
+	// last, with their pid and age. Connection counts are not given:
+	// the library does not see the program's connections.
+	Generations []GenerationInfo `json:"generations,omitempty"`
+	// DrainDeadlineHits is 1 once this generation's
+	// Options.DrainTimeout has passed and it was told to exit.
+	DrainDeadlineHits uint64 `json:"drain_deadline_hits,omitempty"`
 }
 
 // UpgradeOutcome describes a successful upgrade.
@@ -77,6 +84,7 @@ type upgradeStats struct {
 func (u *Upgrader) initStats() {
 	u.stats.generation = inheritedGeneration(u.parent) + 1
 	u.stats.started = time.Now()
+	u.initGenerations()
 }
 
 // upgradeStarted is called by the run loop as an upgrade begins.
@@ -134,6 +142,7 @@ func (u *Upgrader) Stats() Stats {
 		st.LastFailure = &e
 		st.LastFailureAt = s.lastErrAt
 	}
+	u.generationStats(&st)
 	return st
 }
 
@@ -157,6 +166,7 @@ func reason(err error) string {
 		{ErrNotReady, ReasonNotReady},
 		{ErrUpgradeInProgress, ReasonInProgress},
 		{ErrParentRunning, ReasonParentRunning},
+		{ErrTooManyGenerations, ReasonTooMany},
 		{ErrUpgraded, ReasonUpgraded},
 		{ErrTimeout, ReasonTimeout},
 		{ErrChildExited, ReasonChildExited},

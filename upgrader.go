@@ -63,6 +63,20 @@ type Options struct {
 	// upgrade that started a new generation fails, with the reason, so
 	// that the program can undo what it did for the handover.
 	OnUpgradeFailed func(err error)
+	// MaxGenerations caps how many generations of the program may be
+	// alive at once, this one and the new one included. 0 or 1 keeps
+	// the compatible behaviour: an upgrade is refused with
+	// ErrParentRunning until the parent has exited. N > 1 lets a ready
+	// generation upgrade while older ones still drain; an upgrade that
+	// would make more than N alive is refused with
+	// ErrTooManyGenerations and starts nothing; ask again once an older
+	// generation has exited.
+	MaxGenerations int
+	// DrainTimeout, if positive, bounds how long this generation drains
+	// after an upgrade succeeded: then the library sends it SIGTERM, and
+	// SIGKILL after a grace of min(5s, DrainTimeout), whatever the
+	// program does. Zero means no deadline.
+	DrainTimeout time.Duration
 }
 
 // killGrace is how long a new generation that missed its deadline has
@@ -80,6 +94,7 @@ type Upgrader struct {
 	parent *parentLink
 	sd     *sdState
 	stats  upgradeStats
+	gens   generations
 	ctl    *controlServer
 
 	readyOnce sync.Once
@@ -316,7 +331,7 @@ func (u *Upgrader) run() {
 			case notReady != nil:
 				request <- ErrNotReady
 				continue
-			case parentExited != nil:
+			case parentExited != nil && !u.multiGeneration():
 				// WaitForParent may have seen the exit before
 				// this loop did: an upgrade after it returned is
 				// never refused.
@@ -329,12 +344,16 @@ func (u *Upgrader) run() {
 					request <- ErrParentRunning
 					continue
 				}
+			case u.multiGeneration() && u.atGenerationCap():
+				request <- ErrTooManyGenerations
+				continue
 			}
 			err := u.upgrade()
 			request <- err
 			if err == nil {
 				upgraded = true
 				u.Fds.closeUsed(false)
+				u.handedOver()
 				return
 			}
 		}

@@ -43,6 +43,13 @@
 //     then the parent's generation number (a uvarint: 1 for a process
 //     started without a parent). A hello that ends after the manifest is
 //     from a parent that predates the generation number, which reads as 0.
+//     Then, optionally, the generations still alive (see Live): a uvarint
+//     count, then for each its pid and generation number (uvarints) and
+//     the Unix times in nanoseconds when it started and when it began to
+//     drain (zigzag varints; 0 for the sender, which still serves). A
+//     hello that ends after the generation number carries no such list,
+//     which is what a parent that does not run several generations at
+//     once sends, byte for byte as before the list existed.
 //  2. parent → child FrameFDs, as many as needed: a uint16 count of
 //     descriptors carried by this frame as SCM_RIGHTS, at most MaxFDsPerFrame.
 //     The descriptors of all FrameFDs frames, in order, belong to the
@@ -237,7 +244,24 @@ type Hello struct {
 	Entries []Entry
 	// Generation is the parent's generation number, or 0 if unknown.
 	Generation uint64
+	// Live lists the generations alive when the parent sent the hello,
+	// oldest first, the parent itself last. Empty (and then not
+	// encoded) unless the parent allows several generations at once.
+	Live []LiveGeneration
 }
+
+// LiveGeneration describes one generation in Hello.Live.
+type LiveGeneration struct {
+	PID        int
+	Generation uint64
+	// Started and Draining are Unix times in nanoseconds: when the
+	// generation started, and when a newer one took over from it (0 if
+	// none has yet).
+	Started, Draining int64
+}
+
+// maxPID bounds a pid on the wire: pids are positive int32s everywhere.
+const maxPID = 1<<31 - 1
 
 // MarshalBinary encodes h as the payload of FrameHello.
 func (h *Hello) MarshalBinary() ([]byte, error) {
@@ -263,6 +287,18 @@ func (h *Hello) MarshalBinary() ([]byte, error) {
 		}
 	}
 	b = binary.AppendUvarint(b, h.Generation)
+	if len(h.Live) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(h.Live)))
+		for _, g := range h.Live {
+			if g.PID <= 0 || g.PID > maxPID {
+				return nil, fmt.Errorf("handover: live generation with pid %d", g.PID)
+			}
+			b = binary.AppendUvarint(b, uint64(g.PID))
+			b = binary.AppendUvarint(b, g.Generation)
+			b = binary.AppendVarint(b, g.Started)
+			b = binary.AppendVarint(b, g.Draining)
+		}
+	}
 	if len(b) > MaxPayload {
 		return nil, fmt.Errorf("handover: manifest of %d bytes is larger than %d", len(b), MaxPayload)
 	}
@@ -327,8 +363,35 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 			return malformed("hello is truncated in its generation")
 		}
 	}
+	h.Live = nil
+	if r.Len() > 0 {
+		n, err := binary.ReadUvarint(r)
+		if err != nil {
+			return malformed("hello is truncated in its count of live generations")
+		}
+		// Every generation takes at least four bytes.
+		if n > uint64(r.Len())/4 {
+			return malformed("hello claims %d live generations in %d bytes", n, r.Len())
+		}
+		h.Live = make([]LiveGeneration, 0, n)
+		for i := range n {
+			var g LiveGeneration
+			pid, err1 := binary.ReadUvarint(r)
+			gen, err2 := binary.ReadUvarint(r)
+			started, err3 := binary.ReadVarint(r)
+			draining, err4 := binary.ReadVarint(r)
+			if err := errors.Join(err1, err2, err3, err4); err != nil {
+				return malformed("live generation %d is truncated", i)
+			}
+			if pid == 0 || pid > maxPID {
+				return malformed("live generation %d has pid %d", i, pid)
+			}
+			g.PID, g.Generation, g.Started, g.Draining = int(pid), gen, started, draining
+			h.Live = append(h.Live, g)
+		}
+	}
 	if r.Len() != 0 {
-		return malformed("%d bytes after the generation", r.Len())
+		return malformed("%d bytes after the live generations", r.Len())
 	}
 	return nil
 }

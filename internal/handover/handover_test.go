@@ -3,6 +3,7 @@ package handover
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -68,6 +69,62 @@ func TestHelloRoundTrip(t *testing.T) {
 	}
 }
 
+func TestHelloLive(t *testing.T) {
+	base := Hello{Version: Version, Generation: 3, Entries: []Entry{{Kind: KindListener, Network: "tcp", Addr: ":0"}}}
+	old, err := base.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := base
+	h.Live = []LiveGeneration{
+		{PID: 100, Generation: 1, Started: 1_700_000_000_000_000_000, Draining: 1_700_000_001_000_000_000},
+		{PID: maxPID, Generation: 2, Started: -1},
+	}
+	b, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, old) {
+		t.Fatal("the live generations are not a trailing addition to the hello")
+	}
+	var got Hello
+	if err := got.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	if got.Generation != 3 || len(got.Live) != 2 || got.Live[0] != h.Live[0] || got.Live[1] != h.Live[1] {
+		t.Fatalf("round trip: got %+v, want %+v", got.Live, h.Live)
+	}
+	// A hello without the list decodes as before, with no live
+	// generations, even into a Hello that had some.
+	if err := got.UnmarshalBinary(old); err != nil || got.Live != nil || got.Generation != 3 {
+		t.Fatalf("hello without live generations: %v, %+v", err, got)
+	}
+	for _, pid := range []int{0, -1, maxPID + 1} {
+		bad := base
+		bad.Live = []LiveGeneration{{PID: pid}}
+		if _, err := bad.MarshalBinary(); err == nil {
+			t.Errorf("pid %d encoded", pid)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"truncated count", append(append([]byte{}, old...), 0x80), "count of live generations"},
+		{"huge count", append(append([]byte{}, old...), 0xff, 0xff, 0x7f), "claims"},
+		{"truncated", b[:len(b)-1], "truncated"},
+		{"pid 0", append(append([]byte{}, old...), 1, 0, 0, 0, 0), "pid 0"},
+		{"trailing", append(append([]byte{}, b...), 0), "after the live generations"},
+	} {
+		var h Hello
+		err := h.UnmarshalBinary(tc.b)
+		if err == nil || !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want ErrMalformed saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
 func TestHelloErrors(t *testing.T) {
 	good, _ := (&Hello{Version: Version, Entries: []Entry{{Kind: KindListener, Network: "tcp", Addr: "x"}}}).MarshalBinary()
 	for _, tc := range []struct {
@@ -80,7 +137,7 @@ func TestHelloErrors(t *testing.T) {
 		{"no token", good[:5], "truncated in its token"},
 		{"truncated entry", good[:len(good)-2], "entry 0"},
 		{"truncated generation", append(append([]byte{}, good[:len(good)-1]...), 0x80), "truncated in its generation"},
-		{"trailing bytes", append(append([]byte{}, good...), 0), "1 bytes after the generation"},
+		{"trailing bytes", append(append([]byte{}, good...), 0, 0), "1 bytes after the live generations"},
 		{"bad kind", append(append([]byte{}, good[:19]...), 'Z', 0, 0, 0), "unknown kind"},
 		{"huge count", append(append([]byte{}, good[:18]...), 0xff, 0xff, 0xff, 0x7f), "claims"},
 	} {
@@ -137,6 +194,11 @@ func FuzzHello(f *testing.F) {
 	}}).MarshalBinary()
 	f.Add(good)
 	f.Add([]byte{0, 1})
+	live, _ := (&Hello{Version: Version, Generation: 4, Entries: []Entry{{Kind: KindFile, Addr: "f"}}, Live: []LiveGeneration{
+		{PID: 10, Generation: 2, Started: 1 << 60, Draining: 1<<60 + 5},
+		{PID: 11, Generation: 3, Started: 1<<60 + 1},
+	}}).MarshalBinary()
+	f.Add(live)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var h Hello
 		if err := h.UnmarshalBinary(b); err != nil {
@@ -147,7 +209,8 @@ func FuzzHello(f *testing.F) {
 			t.Fatalf("accepted hello does not encode: %v", err)
 		}
 		var h2 Hello
-		if err := h2.UnmarshalBinary(again); err != nil || len(h2.Entries) != len(h.Entries) {
+		if err := h2.UnmarshalBinary(again); err != nil || len(h2.Entries) != len(h.Entries) ||
+			h2.Generation != h.Generation || !slices.Equal(h2.Live, h.Live) {
 			t.Fatalf("re-encoded hello does not decode the same: %v", err)
 		}
 	})

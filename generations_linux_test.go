@@ -1,0 +1,432 @@
+//go:build linux
+
+package tableflip
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	maxGenEnv = "TABLEFLIP_TEST_MAX_GENERATIONS"
+	drainEnv  = "TABLEFLIP_TEST_DRAIN_TIMEOUT"
+	// termEnv says what the helper does on SIGTERM: "honour" closes its
+	// connections and exits, anything else logs it and serves on.
+	termEnv = "TABLEFLIP_TEST_TERM"
+)
+
+func init() { helpers["gens"] = helperGenerations }
+
+// helperGenerations is a generation of a server of long-lived
+// connections: each keeps being served by the generation that accepted
+// it until the client closes it (or the drain deadline ends the
+// process). A connection's first line picks what it is:
+//
+//	echo     answers "echo <pid>", then echoes each line as "<pid> <line>"
+//	upgrade  answers "ok" or "error <reason> <message>"
+//	status   answers Stats as JSON
+//	stop     calls Stop and answers "stopped"
+//
+// It prints "ready <pid> <tcp> <unix>", and events "draining" once Exit
+// closed and its listeners are closed, "sigterm hits=<n>" and "exiting".
+func helperGenerations() int {
+	say := func(format string, args ...any) {
+		fmt.Printf("event %d %s\n", os.Getpid(), fmt.Sprintf(format, args...))
+	}
+	terms := make(chan os.Signal, 1)
+	signal.Notify(terms, syscall.SIGTERM)
+	maxGen, _ := strconv.Atoi(os.Getenv(maxGenEnv))
+	drain, _ := time.ParseDuration(os.Getenv(drainEnv))
+	upg, err := New(Options{PIDFile: os.Getenv(pidFileEnv), MaxGenerations: maxGen, DrainTimeout: drain,
+		ControlSocket: os.Getenv(controlEnv)})
+	if err != nil {
+		say("new-error %v", err)
+		return 1
+	}
+	defer upg.Stop()
+	ln, err := upg.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		say("listen-error %v", err)
+		return 1
+	}
+	uln, err := upg.Listen("unix", os.Getenv(unixPathEnv))
+	if err != nil {
+		say("listen-error %v", err)
+		return 1
+	}
+	if err := upg.Ready(); err != nil {
+		say("ready-error %v", err)
+		return 1
+	}
+	fmt.Printf("ready %d %s %s\n", os.Getpid(), ln.Addr(), uln.Addr())
+
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
+	serve := func(ln net.Listener) {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				serveGeneration(upg, c)
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+			}()
+		}
+	}
+	go serve(ln)
+	go serve(uln)
+	go func() {
+		<-terms
+		say("sigterm hits=%d", upg.Stats().DrainDeadlineHits)
+		if os.Getenv(termEnv) != "honour" {
+			return
+		}
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+
+	<-upg.Exit()
+	ln.Close()
+	uln.Close()
+	say("draining")
+	wg.Wait()
+	say("exiting")
+	return 0
+}
+
+func serveGeneration(upg *Upgrader, c net.Conn) {
+	defer c.Close()
+	r := bufio.NewScanner(c)
+	if !r.Scan() {
+		return
+	}
+	pid := os.Getpid()
+	switch cmd := r.Text(); cmd {
+	case "echo":
+		fmt.Fprintf(c, "echo %d\n", pid)
+		for r.Scan() {
+			fmt.Fprintf(c, "%d %s\n", pid, r.Text())
+		}
+	case "upgrade":
+		if err := upg.Upgrade(); err != nil {
+			fmt.Fprintf(c, "error %s %v\n", reason(err), err)
+		} else {
+			fmt.Fprintln(c, "ok")
+		}
+	case "status":
+		json.NewEncoder(c).Encode(upg.Stats())
+	case "stop":
+		upg.Stop()
+		fmt.Fprintln(c, "stopped")
+	default:
+		fmt.Fprintf(c, "unknown command %q\n", cmd)
+	}
+}
+
+// genClient is a long-lived echo connection and the generation serving
+// it.
+type genClient struct {
+	c   net.Conn
+	r   *bufio.Reader
+	pid int
+	n   int
+}
+
+func dialEcho(t *testing.T, network, addr string) *genClient {
+	t.Helper()
+	c, err := net.DialTimeout(network, addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	cl := &genClient{c: c, r: bufio.NewReader(c)}
+	fmt.Fprintln(c, "echo")
+	line := cl.line(t)
+	if _, err := fmt.Sscanf(line, "echo %d", &cl.pid); err != nil {
+		t.Fatalf("echo greeting %q: %v", line, err)
+	}
+	return cl
+}
+
+func (cl *genClient) line(t *testing.T) string {
+	t.Helper()
+	cl.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	line, err := cl.r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("connection to pid %d: %v", cl.pid, err)
+	}
+	return strings.TrimSpace(line)
+}
+
+// echo checks that the connection is still served by its generation.
+func (cl *genClient) echo(t *testing.T) {
+	t.Helper()
+	cl.n++
+	fmt.Fprintf(cl.c, "ping %d\n", cl.n)
+	if got, want := cl.line(t), fmt.Sprintf("%d ping %d", cl.pid, cl.n); got != want {
+		t.Fatalf("echo: got %q, want %q", got, want)
+	}
+}
+
+// liveInGroup counts the processes of process group pgid that have not
+// exited (zombies do not count).
+func liveInGroup(t *testing.T, pgid int) int {
+	t.Helper()
+	names, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, d := range names {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces.
+		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(fields) > 2 && fields[2] == strconv.Itoa(pgid) && fields[0] != "Z" && fields[0] != "X" {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *server) status() Stats {
+	s.t.Helper()
+	var st Stats
+	if err := json.Unmarshal([]byte(s.command("status")), &st); err != nil {
+		s.t.Fatalf("status: %v", err)
+	}
+	return st
+}
+
+// upgradeDraining upgrades and waits until the new generation serves and
+// the old one has closed its listeners, not until it exits.
+func (s *server) upgradeDraining() {
+	s.t.Helper()
+	old := s.pid
+	if reply := s.command("upgrade"); reply != "ok" {
+		s.t.Fatalf("upgrade of pid %d: got %q, want ok", old, reply)
+	}
+	s.pid, _ = strconv.Atoi(s.waitLine("ready ")[1])
+	s.waitEvent(old, "draining")
+}
+
+func startGenServer(t *testing.T, env ...string) (*server, string) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "echo.sock")
+	// The race detector sleeps a second before a process exits: more
+	// than the grace a generation that honours SIGTERM gets here.
+	env = append(env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	env = append(env, helperEnv+"=gens", unixPathEnv+"="+sock, controlEnv+"="+filepath.Join(dir, "ctl.sock"))
+	s := startServer(t, serverConfig{env: env})
+	if s.udp != sock {
+		t.Fatalf("unix listener at %s, want %s", s.udp, sock)
+	}
+	return s, sock
+}
+
+// TestGenerationsBackToBack: three upgrades in a row while every older
+// generation still serves its long-lived connections, then a fourth at
+// the cap of four is refused; once the first generation's clients leave,
+// it exits and the upgrade goes through.
+func TestGenerationsBackToBack(t *testing.T) {
+	const maxGen = 4
+	s, sock := startGenServer(t, maxGenEnv+"="+strconv.Itoa(maxGen))
+	pgid := s.first.Process.Pid
+	gens := []int{s.pid}
+	byGen := map[int][]*genClient{}
+	var all []*genClient
+	open := func() {
+		for _, cl := range []*genClient{dialEcho(t, "tcp", s.tcp), dialEcho(t, "tcp", s.tcp), dialEcho(t, "unix", sock)} {
+			if cl.pid != s.pid {
+				t.Fatalf("new connection served by pid %d, want the serving %d", cl.pid, s.pid)
+			}
+			byGen[cl.pid] = append(byGen[cl.pid], cl)
+			all = append(all, cl)
+		}
+	}
+	checkAll := func() {
+		t.Helper()
+		for _, cl := range all {
+			cl.echo(t)
+		}
+		if n := liveInGroup(t, pgid); n != len(gens) || n > maxGen {
+			t.Fatalf("%d generations alive, want %d (cap %d)", n, len(gens), maxGen)
+		}
+		if b, _ := os.ReadFile(s.pidFile); strings.TrimSpace(string(b)) != strconv.Itoa(s.pid) {
+			t.Fatalf("PID file says %q, want the serving %d", b, s.pid)
+		}
+		st := s.status()
+		var pids []int
+		for _, g := range st.Generations {
+			pids = append(pids, g.PID)
+			if g.Started.IsZero() || g.AgeSeconds <= 0 {
+				t.Errorf("generation %d: no age in %+v", g.PID, g)
+			}
+			if (g.PID == s.pid) != g.DrainingSince.IsZero() {
+				t.Errorf("generation %d: draining since %v, serving pid %d", g.PID, g.DrainingSince, s.pid)
+			}
+		}
+		if !slices.Equal(pids, gens) || !slices.Equal(st.Draining, gens[:len(gens)-1]) {
+			t.Fatalf("status lists generations %v, draining %v; want %v", pids, st.Draining, gens)
+		}
+	}
+
+	open()
+	for range 3 {
+		s.upgradeDraining()
+		gens = append(gens, s.pid)
+		open()
+		checkAll()
+	}
+
+	start := time.Now()
+	reply := s.command("upgrade")
+	if !strings.HasPrefix(reply, "error "+ReasonTooMany+" ") || !strings.Contains(reply, ErrTooManyGenerations.Error()) {
+		t.Fatalf("upgrade at the cap: got %q, want %s", reply, ReasonTooMany)
+	}
+	t.Logf("upgrade at the cap refused in %v: %s", time.Since(start), reply)
+	checkAll()
+	if st := s.status(); st.UpgradesAttempted != 0 {
+		t.Errorf("the refused upgrade counted as attempted: %+v", st)
+	}
+
+	// The first generation's clients leave: it exits, and takes neither
+	// the socket file nor the PID file with it.
+	first := gens[0]
+	for _, cl := range byGen[first] {
+		cl.c.Close()
+	}
+	s.waitEvent(first, "exiting")
+	if err := s.first.Wait(); err != nil {
+		t.Fatalf("first generation: %v", err)
+	}
+	all = slices.DeleteFunc(all, func(cl *genClient) bool { return cl.pid == first })
+	gens = gens[1:]
+	checkAll()
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("a draining generation's exit removed the socket file: %v", err)
+	}
+
+	s.upgradeDraining()
+	gens = append(gens, s.pid)
+	open()
+	checkAll()
+
+	// Every client leaves; the draining generations exit; a final Stop
+	// of the serving one removes the files.
+	for _, pid := range gens[:len(gens)-1] {
+		for _, cl := range byGen[pid] {
+			cl.c.Close()
+		}
+		s.waitEvent(pid, "exiting")
+		s.reap(pid)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("draining generations' exits removed the socket file: %v", err)
+	}
+	if reply := s.command("stop"); reply != "stopped" {
+		t.Fatalf("stop: %q", reply)
+	}
+	for _, cl := range byGen[s.pid] {
+		cl.c.Close()
+	}
+	s.waitEvent(s.pid, "exiting")
+	for _, path := range []string{sock, s.pidFile} {
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s after the final Stop: %v", path, err)
+		}
+	}
+}
+
+// TestDrainDeadline: a generation still holding a connection at its
+// DrainTimeout is sent SIGTERM; one that ignores it is killed after the
+// grace, one that honours it exits by it.
+func TestDrainDeadline(t *testing.T) {
+	const drain = 500 * time.Millisecond
+	for _, tc := range []struct {
+		term   string
+		killed bool
+	}{{"ignore", true}, {"honour", false}} {
+		t.Run(tc.term, func(t *testing.T) {
+			s, sock := startGenServer(t, maxGenEnv+"=3", drainEnv+"="+drain.String(), termEnv+"="+tc.term)
+			old := s.pid
+			held := dialEcho(t, "unix", sock)
+			start := time.Now()
+			s.upgradeDraining()
+			// Served until the deadline.
+			held.echo(t)
+			if got := s.waitEvent(old, "sigterm"); got != "sigterm hits=1" {
+				t.Errorf("sigterm event: %q, want hits=1", got)
+			}
+			term := time.Since(start)
+			err := s.first.Wait()
+			exit := time.Since(start)
+			var ee *exec.ExitError
+			switch {
+			case tc.killed:
+				if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+					t.Fatalf("generation that ignores SIGTERM: %v, want killed by SIGKILL", err)
+				}
+				if exit < 2*drain {
+					t.Errorf("killed %v after the upgrade, before the deadline and the grace (%v)", exit, 2*drain)
+				}
+			default:
+				if err != nil {
+					t.Fatalf("generation that honours SIGTERM: %v, want exit 0", err)
+				}
+				s.waitEvent(old, "exiting")
+			}
+			if term < drain {
+				t.Errorf("SIGTERM %v after the upgrade, before DrainTimeout %v", term, drain)
+			}
+			t.Logf("%s: SIGTERM after %v, exit after %v", tc.term, term, exit)
+			held.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := held.r.ReadString('\n'); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("held connection after the deadline: %v, want it closed", err)
+			}
+			// The new generation serves on, with the files in place.
+			cl := dialEcho(t, "unix", sock)
+			if cl.pid != s.pid {
+				t.Fatalf("served by %d, want %d", cl.pid, s.pid)
+			}
+			cl.echo(t)
+			if st := s.status(); len(st.Draining) != 0 || len(st.Generations) != 1 {
+				t.Errorf("after the deadline: draining %v, generations %+v", st.Draining, st.Generations)
+			}
+		})
+	}
+}

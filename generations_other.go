@@ -1,0 +1,10 @@
+//go:build !unix
+
+package tableflip
+
+// Without upgrades there is never an older generation, and never a
+// handover to drain after.
+
+func (u *Upgrader) initGenerations() {}
+
+func (u *Upgrader) handedOver() {}
