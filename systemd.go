@@ -92,13 +92,39 @@ import (
 // above), and no connection is refused in between. Upgrades do not need
 // the store: sockets pass from generation to generation directly.
 //
-// The unit needs FileDescriptorStoreMax= above the number of sockets. A
-// Unix socket file of a stored socket is not removed by a final Stop (the
-// next start may get the socket back); put it in a RuntimeDirectory= with
-// RuntimeDirectoryPreserve=restart, which systemd removes on a stop.
+// # State in the fd store
+//
+// With FdStore and Options.WriteState set, a final Stop of the main
+// process (not one after a successful upgrade) also writes the state,
+// before STOPPING=1, into a memfd that it pushes to the store as
+// tableflip.state: the same stream an upgrade sends, end marker included.
+// If the writer fails, the error is logged and nothing is stored. The
+// next first start gets the memfd back with the sockets, and State
+// returns it (an fd of that name is never a socket for Listen); state
+// that was cut short or aborted reads as an error, never as short state.
+// Once Ready succeeds, that generation removes it from the store, so a
+// later crash does not replay it. Wait for Exit after Stop: the state is
+// stored there. So state reaches the next generation:
+//
+//   - through an upgrade: streamed to the new generation directly, the
+//     store not involved;
+//   - through `systemctl stop` or `restart` with FdStore: in the store,
+//     read by the next start;
+//   - through a crash: nothing is written; the next start gets
+//     ErrNoState, or the last state stored by a Stop if no start has
+//     consumed it yet (reached Ready).
+//
+// memfds are Linux only: on other systems a Stop stores no state.
+//
+// The unit needs FileDescriptorStoreMax= above the number of sockets
+// (plus one for the state). A Unix socket file of a stored socket is not
+// removed by a final Stop (the next start may get the socket back); put
+// it in a RuntimeDirectory= with RuntimeDirectoryPreserve=restart, which
+// systemd removes on a stop.
 type SystemdOptions struct {
-	// FdStore pushes the sockets in use to systemd's fd store, as
-	// described above.
+	// FdStore pushes the sockets in use to systemd's fd store, and
+	// with Options.WriteState the state at a final Stop, as described
+	// above.
 	FdStore bool
 }
 
@@ -115,6 +141,10 @@ type sdState struct {
 	// by its parent, or by an earlier run that systemd handed back.
 	// Only the one goroutine that pushes to the store uses it after New.
 	stored map[string]bool
+	// state is the state systemd handed back to a first start, if any;
+	// stateStored is set while the store still holds it.
+	state       *storedState
+	stateStored atomic.Bool
 }
 
 // sdFds are the sockets systemd passed that nobody has asked for yet.
@@ -151,6 +181,8 @@ func (u *Upgrader) initSystemd() {
 	if u.parent == nil {
 		sd.main.Store(true)
 		u.Fds.activate(u.log)
+		sd.state = u.Fds.takeStoredState()
+		sd.stateStored.Store(sd.state != nil)
 	}
 	u.Fds.mu.Lock()
 	for _, list := range u.Fds.inherited {
@@ -352,6 +384,7 @@ func (u *Upgrader) sdReady() {
 	}
 	if u.parent == nil {
 		u.notify("ready", systemd.Ready, statusLine("Serving (pid %d)", os.Getpid()))
+		u.sdStateConsumed()
 		if u.sd.opts.FdStore {
 			u.sdStore()
 		}
@@ -421,6 +454,7 @@ func (u *Upgrader) sdStopping() {
 	if u.sd == nil || !u.sd.main.Load() {
 		return
 	}
+	u.sdSaveState()
 	u.notify("stopping", systemd.Stopping, statusLine("Stopping (pid %d)", os.Getpid()))
 }
 

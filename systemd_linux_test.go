@@ -48,11 +48,13 @@ func helperSystemdServer() int {
 		UpgradeTimeout: timeout,
 		Logger:         slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Systemd:        &SystemdOptions{FdStore: os.Getenv(fdStoreEnv) != ""},
+		WriteState:     sdWriteState(),
 	})
 	if err != nil {
 		say("new-error %v", err)
 		return 1
 	}
+	sdReadState(upg, say)
 	defer upg.Stop()
 	if mode == "hang" {
 		say("hanging")
