@@ -57,7 +57,11 @@ type Options struct {
 	// with State before Ready, while the new generation initialises.
 	// The library carries bytes; the program owns the format (give it a
 	// version). An error fails the upgrade: the new generation is
-	// stopped and this one keeps serving.
+	// stopped and this one keeps serving. With Systemd.FdStore set, a
+	// final Stop also writes the state, into a memfd in systemd's fd
+	// store that the next start reads with State (Linux only); a crash
+	// writes nothing, so the next start gets ErrNoState, or the last
+	// stored state if no start has consumed it yet: see SystemdOptions.
 	WriteState func(w io.Writer) error
 	// OnUpgradeFailed, if not nil, is called in this generation when an
 	// upgrade that started a new generation fails, with the reason, so
