@@ -281,6 +281,7 @@ func describeError(err error) string {
 		{"ErrParentRunning", ErrParentRunning}, {"ErrStopped", ErrStopped},
 		{"ErrUpgraded", ErrUpgraded}, {"ErrTimeout", ErrTimeout},
 		{"ErrChildExited", ErrChildExited}, {"ErrHandover", ErrHandover},
+		{"ErrTooManyGenerations", ErrTooManyGenerations},
 	} {
 		if errors.Is(err, s.err) {
 			names = append(names, s.name)

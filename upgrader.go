@@ -349,6 +349,9 @@ func (u *Upgrader) run() {
 					continue
 				}
 			case u.multiGeneration() && u.atGenerationCap():
+				// systemctl reload waits for an answer to its
+				// RELOADING=1 under Type=notify-reload.
+				u.sdRefused(ErrTooManyGenerations)
 				request <- ErrTooManyGenerations
 				continue
 			}
