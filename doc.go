@@ -77,6 +77,12 @@
 // process. Options.WriteState streams application state to the new
 // generation, which reads it with Upgrader.State.
 //
+// # Several generations at once
+//
+// Options.MaxGenerations lets a ready generation upgrade while older ones
+// still drain long-lived connections, and Options.DrainTimeout makes a
+// draining generation exit after a deadline whatever the program does.
+//
 // # How an upgrade goes
 //
 // Upgrade starts the program again (the same arguments, environment and
