@@ -196,9 +196,13 @@ func helperFaultServer() int {
 	}()
 	fmt.Printf("ready %d %s -\n", os.Getpid(), ln.Addr())
 
-	var wg sync.WaitGroup
+	// accepting counts the accept loops: they must have stopped before
+	// wg.Wait, or an Add could race with it.
+	var wg, accepting sync.WaitGroup
 	for _, l := range lns {
+		accepting.Add(1)
 		go func() {
+			defer accepting.Done()
 			for {
 				c, err := l.Accept()
 				if err != nil {
@@ -222,6 +226,7 @@ func helperFaultServer() int {
 	for _, l := range lns {
 		l.Close()
 	}
+	accepting.Wait()
 	wg.Wait()
 	say("exiting")
 	return 0

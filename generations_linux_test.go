@@ -80,7 +80,10 @@ func helperGenerations() int {
 		mu    sync.Mutex
 		conns = map[net.Conn]bool{}
 	)
+	// accepting: the accept loops must have stopped before wg.Wait.
+	var accepting sync.WaitGroup
 	serve := func(ln net.Listener) {
+		defer accepting.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -99,6 +102,7 @@ func helperGenerations() int {
 			}()
 		}
 	}
+	accepting.Add(2)
 	go serve(ln)
 	go serve(uln)
 	go func() {
@@ -118,6 +122,7 @@ func helperGenerations() int {
 	ln.Close()
 	uln.Close()
 	say("draining")
+	accepting.Wait()
 	wg.Wait()
 	say("exiting")
 	return 0

@@ -168,8 +168,11 @@ func helperServer() int {
 		say("spawned %q %v", strings.TrimSpace(string(out)), err)
 	}
 
-	var wg sync.WaitGroup
+	// accepting counts the accept loops: they must have stopped before
+	// wg.Wait, or an Add could race with it.
+	var wg, accepting sync.WaitGroup
 	serve := func(ln net.Listener) {
+		defer accepting.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -182,8 +185,10 @@ func helperServer() int {
 			}()
 		}
 	}
+	accepting.Add(1)
 	go serve(ln)
 	if uln != nil {
+		accepting.Add(1)
 		go serve(uln)
 	}
 	go func() {
@@ -208,6 +213,7 @@ func helperServer() int {
 	if uln != nil {
 		uln.Close()
 	}
+	accepting.Wait()
 	wg.Wait()
 	say("exiting")
 	return 0

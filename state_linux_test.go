@@ -100,8 +100,11 @@ func helperStateServer() int {
 	}
 	say("peak-rss %d", peakRSS())
 	fmt.Printf("ready %d %s -\n", os.Getpid(), ln.Addr())
-	var wg sync.WaitGroup
+	// accepting: the accept loop must have stopped before wg.Wait.
+	var wg, accepting sync.WaitGroup
+	accepting.Add(1)
 	go func() {
+		defer accepting.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -116,6 +119,7 @@ func helperStateServer() int {
 	}()
 	<-upg.Exit()
 	ln.Close()
+	accepting.Wait()
 	// The upgrade command answers after Exit is closed.
 	wg.Wait()
 	say("peak-rss %d", peakRSS())

@@ -85,8 +85,11 @@ func helperSystemdServer() int {
 	}
 	fmt.Printf("ready %d %s %s\n", os.Getpid(), ln.Addr(), udp)
 
-	var wg sync.WaitGroup
+	// accepting: the accept loop must have stopped before wg.Wait.
+	var wg, accepting sync.WaitGroup
+	accepting.Add(1)
 	go func() {
+		defer accepting.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -143,6 +146,7 @@ func helperSystemdServer() int {
 	if pc != nil {
 		pc.Close()
 	}
+	accepting.Wait()
 	wg.Wait()
 	say("exiting")
 	return 0

@@ -73,8 +73,10 @@ func helperTLSServer() int {
 	}
 	fmt.Printf("ready %d %s %s\n", os.Getpid(), cmdLn.Addr(), tlsLn.Addr())
 
-	var wg sync.WaitGroup
+	// accepting: the accept loops must have stopped before wg.Wait.
+	var wg, accepting sync.WaitGroup
 	serve := func(ln net.Listener, handle func(net.Conn)) {
+		defer accepting.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -87,6 +89,7 @@ func helperTLSServer() int {
 			}()
 		}
 	}
+	accepting.Add(2)
 	go serve(cmdLn, func(c net.Conn) { handleCommands(upg, cmdLn, c) })
 	go serve(tlsLn, func(c net.Conn) {
 		tc := tls.Server(c, cfg)
@@ -99,6 +102,7 @@ func helperTLSServer() int {
 	<-upg.Exit()
 	cmdLn.Close()
 	tlsLn.Close()
+	accepting.Wait()
 	wg.Wait()
 	say("exiting")
 	return 0
