@@ -77,6 +77,9 @@ const (
 	// controlWriteTimeout bounds how long a client has to read the
 	// answer.
 	controlWriteTimeout = 10 * time.Second
+	// controlStopGrace is how long a request under way when the server
+	// stops has to arrive.
+	controlStopGrace = time.Second
 	// maxControlResponse bounds what ControlCall reads.
 	maxControlResponse = 1 << 20
 )
@@ -261,9 +264,12 @@ func (s *controlServer) stop() {
 		s.ln.Close()
 		s.mu.Lock()
 		for c := range s.conns {
-			// Ends a request still being read; answers being
+			// Ends a request still being read, after a grace: a
+			// deadline of now would fail a request that is already
+			// in the buffer, which is answered instead (an upgrade
+			// with ErrUpgraded or ErrStopped). Answers being
 			// written have their own deadline.
-			c.SetReadDeadline(time.Now())
+			c.SetReadDeadline(time.Now().Add(controlStopGrace))
 		}
 		s.mu.Unlock()
 	})
@@ -309,13 +315,10 @@ func (s *controlServer) serve() {
 			continue
 		}
 		s.mu.Lock()
-		select {
-		case <-s.stopping:
-			s.mu.Unlock()
-			c.Close()
-			return
-		default:
-		}
+		// Accepted as the server stops: answered like the requests
+		// under way, not closed unread (the client would see a
+		// reset, not a refusal).
+		stopping := closed(s.stopping)
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -327,6 +330,9 @@ func (s *controlServer) serve() {
 			s.mu.Unlock()
 			c.Close()
 		}()
+		if stopping {
+			return
+		}
 	}
 }
 
@@ -349,6 +355,15 @@ func (s *controlServer) answer(c net.Conn) *ControlResponse {
 	// and its request is not parsed. It is still read, so that closing
 	// the connection does not reset it before the refusal is read.
 	credErr := s.checkPeer(c)
+	// Under the lock that stop holds as it cuts the reads under way:
+	// a request read once the server stops has only the grace.
+	s.mu.Lock()
+	wait := controlReadTimeout
+	if closed(s.stopping) {
+		wait = controlStopGrace
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	s.mu.Unlock()
 	req, reqErr := readControlRequest(c)
 	if credErr != nil {
 		return &ControlResponse{Error: credErr}
@@ -432,9 +447,9 @@ func allowPeer(cred peerCred, euid, gid int) error {
 	return fmt.Errorf("tableflip: control socket: permission denied: uid %d may not use it (only %s may)", cred.uid, who)
 }
 
-// readControlRequest reads and parses one request line.
+// readControlRequest reads and parses one request line, within the read
+// deadline set on c.
 func readControlRequest(c net.Conn) (*ControlRequest, *ControlError) {
-	c.SetReadDeadline(time.Now().Add(controlReadTimeout))
 	r := bufio.NewReaderSize(io.LimitReader(c, MaxControlRequest+1), 512)
 	line, err := r.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
