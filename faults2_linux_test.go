@@ -141,10 +141,18 @@ func helperFaultServer() int {
 		return 1
 	}
 	defer upg.Stop()
+	hupDone := make(chan struct{})
 	go func() {
+		defer close(hupDone)
 		for range hup {
 			say("hup %s", answer(upg.Upgrade()))
 		}
+	}()
+	// Every SIGHUP seen is answered before the process exits.
+	defer func() {
+		signal.Stop(hup)
+		close(hup)
+		<-hupDone
 	}()
 	if mode == "hang" {
 		say("hanging")
@@ -188,16 +196,23 @@ func helperFaultServer() int {
 		say("ready-error %v", err)
 		return 1
 	}
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM)
+	// SIGUSR1 prints the descriptors held when idle (no command
+	// connection open); SIGTERM does too, and stops.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR1)
 	go func() {
-		<-term
-		upg.Stop()
+		for sig := range sigs {
+			upg.WaitForParent(context.Background())
+			say("fds %d upgrading=%t", countFDs(), upg.Stats().Upgrading)
+			if sig == syscall.SIGTERM {
+				upg.Stop()
+			}
+		}
 	}()
 	fmt.Printf("ready %d %s -\n", os.Getpid(), ln.Addr())
 
-	// accepting counts the accept loops: they must have stopped before
-	// wg.Wait, or an Add could race with it.
+	// wg counts the connections being served, accepting those that
+	// are accepted: every accepted connection is answered before exit.
 	var wg, accepting sync.WaitGroup
 	for _, l := range lns {
 		accepting.Add(1)
@@ -340,8 +355,11 @@ func rssKB() int {
 // startFaultServer starts the faultserver's first generation.
 func startFaultServer(t *testing.T, env ...string) *server {
 	t.Helper()
-	s := startServer(t, serverConfig{env: append([]string{helperEnv + "=faultserver"}, env...)})
-	return s
+	// Under the race detector a process lingers a second as it exits
+	// (atexit_sleep_ms), and a new generation refuses upgrades until its
+	// parent is gone: without this, a storm would see one upgrade.
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	return startServer(t, serverConfig{env: append([]string{helperEnv + "=faultserver", "GORACE=" + gorace}, env...)})
 }
 
 // load is a client that asks the server for its pid over loopback, one
@@ -623,4 +641,250 @@ func TestOldKilledDuringHandover(t *testing.T) {
 		l.finish(t, false)
 		s.stopAll(t)
 	})
+}
+
+// TestUpgradeStorm sends 100 upgrade requests within a second, a third
+// each as SIGHUP to the serving generation (the latest to say it is
+// ready), as in-process Upgrade calls (the "upgrade" line command, one
+// goroutine each), and on the control socket. Every caller gets an
+// answer, one upgrade runs at a time across all generations, every
+// success is a generation, and the service answers throughout.
+//
+// The kernel does not queue standard signals, so SIGHUPs that arrive
+// together merge: each one a process sees is answered (a "hup" event), but
+// there may be fewer answers than signals sent. SIGHUP goes to the latest
+// ready generation, not the process group: a program starting up has no
+// handler yet, and SIGHUP's default action kills it.
+func TestUpgradeStorm(t *testing.T) {
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	s := startFaultServer(t, controlEnv+"="+ctl, logEventsEnv+"=1", timeoutEnv+"=1m")
+	syscall.Kill(s.pid, syscall.SIGUSR1)
+	firstFDs := s.waitEvent(s.pid, "fds ")
+
+	// One goroutine reads every line from now on; once stopping is set,
+	// it sends SIGTERM (Stop) to each generation that says it is ready.
+	var (
+		mu       sync.Mutex
+		lines    = append([]string{}, s.backlog...)
+		readies  = []int{s.pid}
+		stopping bool
+	)
+	var latest atomic.Int64
+	latest.Store(int64(s.pid))
+	s.backlog = nil
+	readerDone := make(chan struct{})
+	events := make(chan string, 1<<16)
+	go func() {
+		defer close(readerDone)
+		for line := range s.lines {
+			f := strings.Fields(line)
+			pid, _ := strconv.Atoi(f[1])
+			mu.Lock()
+			lines = append(lines, line)
+			s.seen[pid] = true
+			if f[0] == "ready" {
+				readies = append(readies, pid)
+				latest.Store(int64(pid))
+				if stopping {
+					syscall.Kill(pid, syscall.SIGTERM)
+				}
+			}
+			mu.Unlock()
+			events <- line
+		}
+	}()
+
+	l := startLoad(s.tcp)
+	answers := make(chan string, 100)
+	var wg sync.WaitGroup
+	signals := 0
+	// The ticker paces the requests; nothing waits on it for an outcome.
+	tick := time.NewTicker(10 * time.Millisecond)
+	for i := range 100 {
+		<-tick.C
+		switch i % 3 {
+		case 0:
+			syscall.Kill(int(latest.Load()), syscall.SIGHUP)
+			signals++
+		case 1:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				answers <- "call " + s.commandNoFatal("upgrade")
+			}()
+		case 2:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				resp, err := ControlCall(ctx, ctl, ControlUpgrade)
+				switch {
+				case err != nil:
+					answers <- "control error " + err.Error()
+				case resp.OK:
+					answers <- "control ok"
+				default:
+					answers <- "control " + resp.Error.Reason + " " + resp.Error.Message
+				}
+			}()
+		}
+	}
+	tick.Stop()
+	wg.Wait()
+	close(answers)
+
+	okCount := 0
+	allowed := []string{"[ErrUpgradeInProgress]", "[ErrParentRunning]", "[ErrUpgraded]",
+		ReasonInProgress + " ", ReasonParentRunning + " ", ReasonUpgraded + " "}
+	n := 0
+	for a := range answers {
+		n++
+		if a == "call ok" || a == "control ok" {
+			okCount++
+			continue
+		}
+		if !containsAny(a, allowed) {
+			t.Errorf("answer %q, want success or a refusal", a)
+		}
+	}
+	if n != 66 {
+		t.Errorf("%d answers to 66 calls and control requests", n)
+	}
+	l.finish(t, false)
+
+	// The descriptors of the last generation when idle: a SIGHUP may
+	// still run an upgrade, so ask until the answer comes from a
+	// generation that is not upgrading, waiting for the end of the
+	// upgrade in between.
+	next := func() string {
+		select {
+		case line := <-events:
+			return line
+		case <-time.After(time.Minute):
+			t.Fatal("no line from the server within a minute")
+			return ""
+		}
+	}
+	var lastFDs string
+	exited := map[int]bool{}
+	for lastFDs == "" {
+		pid := int(latest.Load())
+		if exited[pid] {
+			// Its successor's ready line is still to come (the
+			// reader updates latest before it passes a line on).
+			for !strings.HasPrefix(next(), "ready ") {
+			}
+			continue
+		}
+		syscall.Kill(pid, syscall.SIGUSR1)
+		prefix := fmt.Sprintf("event %d ", pid)
+		until := func(done func(string) bool) {
+			for {
+				if rest, ok := strings.CutPrefix(next(), prefix); ok {
+					if rest == "exiting" {
+						exited[pid] = true
+						return
+					}
+					if done(rest) {
+						return
+					}
+				}
+			}
+		}
+		var report string
+		until(func(rest string) bool {
+			report = rest
+			return strings.HasPrefix(rest, "fds ")
+		})
+		switch {
+		case exited[pid]:
+		case strings.HasSuffix(report, "upgrading=false"):
+			lastFDs = report
+		default:
+			// Until the upgrade ends; then ask the latest again.
+			until(func(rest string) bool { return strings.HasPrefix(rest, "log|tableflip: upgrade failed|") })
+		}
+	}
+	if lastFDs != firstFDs {
+		t.Errorf("idle fds: first generation %s, last %s", firstFDs, lastFDs)
+	}
+
+	// Stop every generation that is or becomes ready (a SIGHUP may have
+	// started one more upgrade), until all have exited and the shared
+	// output ends.
+	mu.Lock()
+	stopping = true
+	for _, pid := range readies {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	mu.Unlock()
+	<-readerDone
+	for pid := range s.seen {
+		if pid == s.first.Process.Pid {
+			s.first.Wait()
+			continue
+		}
+		syscall.Wait4(pid, nil, 0, nil)
+	}
+	s.pid = 0
+	noChildren(t)
+
+	// One upgrade at a time, across the generations: the log lines
+	// that begin and end an upgrade never overlap. (A generation starts
+	// its first upgrade only after its parent exited, and the parent
+	// writes its last line before it exits: the pipe orders them.)
+	// A generation stopped during an upgrade logs no end: its exit ends
+	// it.
+	active := map[string]bool{}
+	succeeded, hups := 0, 0
+	for _, line := range lines {
+		_, rest, _ := strings.Cut(line, " ")
+		pid, rest, _ := strings.Cut(rest, " ")
+		switch {
+		case strings.HasPrefix(rest, "log|tableflip: upgrade starting|"):
+			active[pid] = true
+			if len(active) > 1 {
+				t.Errorf("two upgrades at once: %s while %v", line, active)
+			}
+		case strings.HasPrefix(rest, "log|tableflip: upgrade succeeded|"):
+			succeeded++
+			delete(active, pid)
+		case rest == "exiting":
+			delete(active, pid)
+		case strings.HasPrefix(rest, "log|tableflip: upgrade failed|"):
+			delete(active, pid)
+			if !strings.Contains(rest, ErrStopped.Error()) {
+				t.Errorf("upgrade failed: %s", line)
+			}
+		case strings.HasPrefix(rest, "hup "):
+			hups++
+			a := strings.TrimPrefix(rest, "hup ")
+			if a == "ok" {
+				okCount++
+			} else if !containsAny(a, append(allowed, "[ErrStopped]")) {
+				t.Errorf("SIGHUP answered %q", a)
+			}
+		}
+	}
+	if len(active) != 0 {
+		t.Errorf("upgrades never ended in %v", active)
+	}
+	if hups == 0 {
+		t.Errorf("no SIGHUP answered of %d sent", signals)
+	}
+	if succeeded != len(readies)-1 || okCount != succeeded || succeeded == 0 {
+		t.Errorf("%d generations, %d upgrades logged as succeeded, %d callers told of success", len(readies), succeeded, okCount)
+	}
+	t.Logf("%d requests (%d signals, %d answered): %d upgrades, %d generations, %d load requests",
+		100, signals, hups, succeeded, len(readies), l.ok.Load())
+}
+
+func containsAny(s string, subs []string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
 }
