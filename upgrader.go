@@ -318,7 +318,9 @@ func (u *Upgrader) run() {
 			notReady = nil
 
 		case <-u.stopC:
-			u.Fds.closeUsed(!upgraded)
+			// A new generation that never became ready leaves the
+			// socket files to the parent, which serves on them.
+			u.Fds.closeUsed(!upgraded && (u.parent == nil || closed(u.readyC)))
 			if !upgraded {
 				removePIDFile(u.opts.PIDFile, u.env.wd)
 				u.sdStopping()
