@@ -190,10 +190,16 @@ func helperFaultServer() int {
 		say("early-upgrade %s", answer(upg.Upgrade()))
 	case "exit-after-listen":
 		say("giving-up")
+		// Stop, and wait for it to be done, as a program that
+		// shuts down cleanly does.
+		upg.Stop()
+		<-upg.Exit()
 		return 1
 	}
 	if err := upg.Ready(); err != nil {
 		say("ready-error %v", err)
+		upg.Stop()
+		<-upg.Exit()
 		return 1
 	}
 	// SIGUSR1 prints the descriptors held when idle (no command
