@@ -60,6 +60,10 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 		log.Warn("tableflip: ignoring malformed handover variable", "error", err)
 		return nil, nil, nil
 	}
+	if he.FD < 3 {
+		log.Warn("tableflip: ignoring handover variable that names a standard stream", "fd", he.FD)
+		return nil, nil, nil
+	}
 	// The parent's pid, or on Linux the creator of the socket (which
 	// still names the parent if it has since died), must match.
 	ppid := env.getppid()

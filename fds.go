@@ -241,6 +241,16 @@ func (f *Fds) replace(e *entry) {
 	f.use(e)
 }
 
+// dup duplicates the descriptor of e for a handover. Even a descriptor the
+// registry owns is duplicated: it is sent after f.mu is released, and a
+// concurrent Add under the same name would close the original.
+func (e *entry) dup() (int, error) {
+	if e.fd >= 0 {
+		return dupFD(e.fd)
+	}
+	return dupConn(e.owner)
+}
+
 func (e *entry) close() {
 	if e.fd >= 0 {
 		closeFD(e.fd)
@@ -541,22 +551,18 @@ func (f *Fds) collect() (*passed, error) {
 	}
 	var dupErr error
 	f.used = slices.DeleteFunc(f.used, func(e *entry) bool {
-		fd := e.fd
-		if fd < 0 {
-			var err error
-			fd, err = dupConn(e.owner)
-			if errors.Is(err, errClosed) {
-				f.log.Debug("tableflip: not passing on a closed socket", "socket", e.key.String())
-				return true
-			}
-			if err != nil {
-				if dupErr == nil {
-					dupErr = fmt.Errorf("tableflip: can't duplicate %s: %w", e.key, err)
-				}
-				return false
-			}
-			p.dups = append(p.dups, fd)
+		fd, err := e.dup()
+		if errors.Is(err, errClosed) {
+			f.log.Debug("tableflip: not passing on a closed socket", "socket", e.key.String())
+			return true
 		}
+		if err != nil {
+			if dupErr == nil {
+				dupErr = fmt.Errorf("tableflip: can't duplicate %s: %w", e.key, err)
+			}
+			return false
+		}
+		p.dups = append(p.dups, fd)
 		p.entries = append(p.entries, handover.Entry{Kind: e.kind, Network: e.network, Addr: e.addr, Bound: e.bound})
 		p.fds = append(p.fds, fd)
 		return false
@@ -568,8 +574,10 @@ func (f *Fds) collect() (*passed, error) {
 	return p, nil
 }
 
-// closeInherited closes what the parent passed on and nobody asked for.
-func (f *Fds) closeInherited() {
+// closeInherited closes what the parent passed on and nobody asked for,
+// and with unlink removes the socket files of such Unix sockets: nobody
+// will serve on them once this generation has taken over.
+func (f *Fds) closeInherited(unlink bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for k, list := range f.inherited {
@@ -577,7 +585,7 @@ func (f *Fds) closeInherited() {
 			if e.taken {
 				continue
 			}
-			if k == e.key && k.isUnixFile() && !e.heldBySystemd() {
+			if unlink && k == e.key && k.isUnixFile() && !e.heldBySystemd() {
 				// Nobody serves on it any more: a stale socket
 				// file would only make clients wait for nothing.
 				unlinkUnixSocket(k.addr)

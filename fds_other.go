@@ -17,4 +17,6 @@ func dupConn(syscall.Conn) (int, error) { return -1, nil }
 // dupFile is never reached: nothing is inherited.
 func dupFile(int, string) (*os.File, error) { return nil, ErrNotSupported }
 
+func dupFD(int) (int, error) { return -1, ErrNotSupported }
+
 func closeFD(int) {}

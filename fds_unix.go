@@ -36,11 +36,16 @@ func dupConn(c syscall.Conn) (int, error) {
 }
 
 func dupFile(fd int, name string) (*os.File, error) {
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	dup, err := dupFD(fd)
 	if err != nil {
 		return nil, err
 	}
 	return os.NewFile(uintptr(dup), name), nil
+}
+
+// dupFD duplicates fd, close-on-exec.
+func dupFD(fd int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 }
 
 func closeFD(fd int) { unix.Close(fd) }

@@ -93,6 +93,11 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 		case err := <-handshake:
 			handshake = nil
 			if err == nil {
+				// A Stop under way wins over a child that got
+				// ready at the same moment.
+				err = ctx.Err()
+			}
+			if err == nil {
 				err = conn.WriteFrame(handover.FrameAck, nil)
 				if err == nil {
 					u.children = append(u.children, &childLink{conn: conn, pid: proc.Pid})

@@ -57,6 +57,9 @@ type stateSender struct {
 	conn     *handover.Conn
 	childEnd *os.File
 	done     chan error
+	// finished is closed when the writer has returned; nil until it
+	// starts.
+	finished chan struct{}
 }
 
 // newStateSender makes the state socket if the program writes state.
@@ -96,7 +99,9 @@ func (s *stateSender) start(write func(io.Writer) error) {
 		return
 	}
 	s.childEnd.Close()
+	s.finished = make(chan struct{})
 	go func() {
+		defer close(s.finished)
 		defer s.conn.Close()
 		w := handover.NewStateWriter(s.conn)
 		err := write(w)
@@ -137,10 +142,15 @@ func (s *stateSender) failed() error {
 	}
 }
 
-// close releases the socket if the writer never started.
+// close releases the sockets and, if the writer started, waits for it to
+// return: OnUpgradeFailed never runs beside the program's own writer.
 func (s *stateSender) close() {
-	if s != nil {
-		s.childEnd.Close()
-		s.conn.Close()
+	if s == nil {
+		return
+	}
+	s.childEnd.Close()
+	s.conn.Close()
+	if s.finished != nil {
+		<-s.finished
 	}
 }

@@ -400,7 +400,9 @@ func (u *Upgrader) sdReady() {
 	go func() {
 		select {
 		case <-u.parent.exited:
-			if u.parent.exitErr == nil {
+			// With several generations this one may have handed
+			// over already: then it is no longer the main process.
+			if u.parent.exitErr == nil && !closed(u.exitC) && u.sd.main.Load() {
 				u.sdStore()
 			}
 		case <-u.exitC:
@@ -478,14 +480,11 @@ func (u *Upgrader) sdStore() {
 			u.log.Warn("tableflip: not storing a socket whose name would be too long for systemd", "socket", e.key.String())
 			continue
 		}
-		fd := e.fd
-		if fd < 0 {
-			var err error
-			if fd, err = dupConn(e.owner); err != nil {
-				continue // closed by the program
-			}
-			dups = append(dups, fd)
+		fd, err := e.dup()
+		if err != nil {
+			continue // closed by the program
 		}
+		dups = append(dups, fd)
 		if e.isUnixFile() && e.bound == "" {
 			// From now on systemd may hand it back: keep its file.
 			e.bound = heldPrefix + e.addr

@@ -65,7 +65,9 @@ type Options struct {
 	WriteState func(w io.Writer) error
 	// OnUpgradeFailed, if not nil, is called in this generation when an
 	// upgrade that started a new generation fails, with the reason, so
-	// that the program can undo what it did for the handover.
+	// that the program can undo what it did for the handover. It runs
+	// after WriteState has returned, on the goroutine that owns upgrades:
+	// it must not call Upgrade, which would wait for it.
 	OnUpgradeFailed func(err error)
 	// MaxGenerations caps how many generations of the program may be
 	// alive at once, this one and the new one included. 0 or 1 keeps
@@ -169,12 +171,24 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 	if parent != nil {
 		log.Info("tableflip: inherited from parent", "parent_pid", parent.pid, "sockets", len(inherited))
 	}
+	// systemd first: a control socket kept in the fd store comes back
+	// through socket activation.
+	u.initSystemd()
 	if err := u.initControl(); err != nil {
+		u.abandon(err)
 		return nil, err
 	}
-	u.initSystemd()
 	go u.run()
 	return u, nil
+}
+
+// abandon closes what New took when it fails after taking it, leaving
+// socket files alone (a parent may serve on them), and tells the parent.
+func (u *Upgrader) abandon(err error) {
+	u.Fds.closeInherited(false)
+	if u.parent != nil {
+		u.parent.refuse(err)
+	}
 }
 
 // Ready signals that the current process is ready to accept connections.
@@ -200,7 +214,7 @@ func (u *Upgrader) Ready() error {
 }
 
 func (u *Upgrader) ready() error {
-	u.Fds.closeInherited()
+	u.Fds.closeInherited(true)
 	pid, err := newPIDFile(u.opts.PIDFile, u.env.wd)
 	if err != nil {
 		err = fmt.Errorf("tableflip: can't write PID file: %w", err)
@@ -219,7 +233,13 @@ func (u *Upgrader) ready() error {
 		u.log.Info("tableflip: ready", "pid", os.Getpid())
 	}
 	if err := pid.commit(); err != nil {
-		return fmt.Errorf("tableflip: can't write PID file: %w", err)
+		if u.parent == nil {
+			return fmt.Errorf("tableflip: can't write PID file: %w", err)
+		}
+		// The parent has handed over and is on its way out: failing
+		// Ready now would leave nobody able to upgrade. The file was
+		// written beside its path, so this takes a rename that fails.
+		u.log.Error("tableflip: can't put the PID file in place", "error", err)
 	}
 	return nil
 }
@@ -387,7 +407,13 @@ func (u *Upgrader) upgrade() (err error) {
 		case <-u.stopC:
 			// Refuse further requests while the child is taken down.
 			cancel()
-			<-result
+			if err := <-result; err == nil {
+				// The child was acknowledged before the stop
+				// reached it: it serves now, so this is an
+				// upgrade, and no final clean-up must follow.
+				u.log.Info("tableflip: upgrade succeeded as Stop was called", "duration", time.Since(start))
+				return nil
+			}
 			// Leave stopC to the run loop, which closes up.
 			return ErrStopped
 		case err := <-result:

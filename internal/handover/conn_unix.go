@@ -98,9 +98,11 @@ func (c *Conn) ReceiveFDs(want int) (fds []int, err error) {
 	oob := make([]byte, unix.CmsgSpace(MaxFDsPerFrame*4))
 	for len(fds) < want {
 		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+		arrived := 0
 		if oobn > 0 {
 			got, perr := parseRights(oob[:oobn])
 			fds = append(fds, got...)
+			arrived = len(got)
 			if perr != nil {
 				return fds, perr
 			}
@@ -137,8 +139,8 @@ func (c *Conn) ReceiveFDs(want int) (fds []int, err error) {
 			return fds, malformed("expected a descriptor frame, got frame %q of %d bytes", typ, length)
 		}
 		count := int(binary.BigEndian.Uint16(buf[headerSize:]))
-		if count > MaxFDsPerFrame || len(fds) > want {
-			return fds, malformed("descriptor frame names %d descriptors; %d of %d received", count, len(fds), want)
+		if count != arrived || len(fds) > want {
+			return fds, malformed("descriptor frame names %d descriptors and carried %d; %d of %d received", count, arrived, len(fds), want)
 		}
 	}
 	if len(fds) != want {
