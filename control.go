@@ -389,22 +389,7 @@ func (s *controlServer) answer(c net.Conn) *ControlResponse {
 // upgrade is Upgrade, but gives up once the control socket stops: the run
 // loop that would answer has returned and waits for this server.
 func (s *controlServer) upgrade() error {
-	u := s.u
-	if !upgradesSupported {
-		return ErrNotSupported
-	}
-	response := make(chan error, 1)
-	select {
-	case <-u.stopC:
-		return ErrStopped
-	case <-s.stopping:
-		if closed(u.stopC) {
-			return ErrStopped
-		}
-		return ErrUpgraded
-	case u.upgradeC <- response:
-	}
-	return <-response
+	return s.u.requestUpgrade(s.stopping)
 }
 
 func (s *controlServer) checkPeer(c net.Conn) *ControlError {

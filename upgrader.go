@@ -295,6 +295,12 @@ func (u *Upgrader) HasParent() bool {
 // and ErrNotSupported a platform without upgrades. Whatever the error, this
 // process keeps serving.
 func (u *Upgrader) Upgrade() error {
+	return u.requestUpgrade(u.exitC)
+}
+
+// requestUpgrade asks the run loop for an upgrade, unless leaving is closed
+// first: then this generation is on its way out.
+func (u *Upgrader) requestUpgrade(leaving <-chan struct{}) error {
 	if !upgradesSupported {
 		return ErrNotSupported
 	}
@@ -302,14 +308,12 @@ func (u *Upgrader) Upgrade() error {
 	select {
 	case <-u.stopC:
 		return ErrStopped
-	case <-u.exitC:
-		// Exit closes after Stop too: tell the two apart.
-		select {
-		case <-u.stopC:
+	case <-leaving:
+		// Stop leads here too: tell the two apart.
+		if closed(u.stopC) {
 			return ErrStopped
-		default:
-			return ErrUpgraded
 		}
+		return ErrUpgraded
 	case u.upgradeC <- response:
 	}
 	return <-response
@@ -323,7 +327,6 @@ func (u *Upgrader) run() {
 	var (
 		parentExited <-chan struct{}
 		notReady     = u.readyC
-		upgraded     bool
 	)
 	if u.parent != nil {
 		parentExited = u.parent.exited
@@ -340,11 +343,11 @@ func (u *Upgrader) run() {
 		case <-u.stopC:
 			// A new generation that never became ready leaves the
 			// socket files to the parent, which serves on them.
-			u.Fds.closeUsed(!upgraded && (u.parent == nil || closed(u.readyC)))
-			if !upgraded {
-				removePIDFile(u.opts.PIDFile, u.env.wd)
-				u.sdStopping()
-			}
+			// (After a successful upgrade this loop has returned:
+			// a Stop then only closes Exit, which is closed.)
+			u.Fds.closeUsed(u.parent == nil || closed(u.readyC))
+			removePIDFile(u.opts.PIDFile, u.env.wd)
+			u.sdStopping()
 			return
 
 		case request := <-u.upgradeC:
@@ -380,7 +383,6 @@ func (u *Upgrader) run() {
 			err := u.upgrade()
 			request <- err
 			if err == nil {
-				upgraded = true
 				u.Fds.closeUsed(false)
 				u.handedOver()
 				return
