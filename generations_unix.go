@@ -98,6 +98,19 @@ func (u *Upgrader) enforceDrainDeadline(d time.Duration) {
 
 // killAlive reports whether pid exists. A zombie counts as alive: kill
 // cannot tell, and only a pidfd can.
+// processGone reports whether pid has exited, zombie or not where the
+// platform can tell (Linux); elsewhere a zombie counts as alive.
+func processGone(pid int) bool {
+	alive, release, ok := watchProcess(pid)
+	if !ok {
+		return true
+	}
+	if release != nil {
+		defer release()
+	}
+	return !alive()
+}
+
 func killAlive(pid int) func() bool {
 	return func() bool {
 		err := unix.Kill(pid, 0)

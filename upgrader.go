@@ -362,13 +362,20 @@ func (u *Upgrader) run() {
 				continue
 			case parentExited != nil && !u.multiGeneration():
 				// WaitForParent may have seen the exit before
-				// this loop did: an upgrade after it returned is
+				// this loop did, and the parent may have exited a
+				// moment before its end of file arrived: an
+				// upgrade asked for after the parent is gone is
 				// never refused.
 				select {
 				case <-parentExited:
 					parentExited = nil
 					u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
 				default:
+					if processGone(u.parent.pid) {
+						parentExited = nil
+						u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+						break
+					}
 					u.sdRefused(ErrParentRunning)
 					request <- ErrParentRunning
 					continue
