@@ -161,6 +161,27 @@ func helperServer() int {
 		say("ready-again %v", upg.Ready())
 	}
 	fmt.Printf("ready %d %s %s\n", os.Getpid(), ln.Addr(), pc.LocalAddr())
+	switch mode {
+	case "listen-after-ready", "listen-not-inherited":
+		// After Ready, or under a name the parent never had
+		// ("tcp4" is not "tcp"): either way a socket of its own.
+		late, err := upg.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			say("late-listen error %v", err)
+		} else {
+			go func() {
+				for {
+					c, err := late.Accept()
+					if err != nil {
+						return
+					}
+					fmt.Fprintln(c, "late")
+					c.Close()
+				}
+			}()
+			say("late-listen %s", late.Addr())
+		}
+	}
 	if mode == "spawn" {
 		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), helperEnv+"=envcheck")
