@@ -574,10 +574,11 @@ func (f *Fds) collect() (*passed, error) {
 	return p, nil
 }
 
-// closeInherited closes what the parent passed on and nobody asked for,
-// and with unlink removes the socket files of such Unix sockets: nobody
-// will serve on them once this generation has taken over.
-func (f *Fds) closeInherited(unlink bool) {
+// closeInherited closes what the parent passed on and nobody asked for.
+// It returns the socket files of such Unix sockets, which nobody will
+// serve on once this generation has taken over: the caller removes them
+// then, not before (the parent serves on them until it is told).
+func (f *Fds) closeInherited() (stale []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for k, list := range f.inherited {
@@ -585,10 +586,8 @@ func (f *Fds) closeInherited(unlink bool) {
 			if e.taken {
 				continue
 			}
-			if unlink && k == e.key && k.isUnixFile() && !e.heldBySystemd() {
-				// Nobody serves on it any more: a stale socket
-				// file would only make clients wait for nothing.
-				unlinkUnixSocket(k.addr)
+			if k == e.key && k.isUnixFile() && !e.heldBySystemd() {
+				stale = append(stale, k.addr)
 			}
 			e.conv.Do(func() {}) // waits for a conversion under way
 			if e.obj != nil {
@@ -600,6 +599,7 @@ func (f *Fds) closeInherited(unlink bool) {
 	}
 	f.closeActivated()
 	clear(f.inherited)
+	return stale
 }
 
 // closeUsed closes the registry's descriptors: after a successful upgrade,

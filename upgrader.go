@@ -185,7 +185,7 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 // abandon closes what New took when it fails after taking it, leaving
 // socket files alone (a parent may serve on them), and tells the parent.
 func (u *Upgrader) abandon(err error) {
-	u.Fds.closeInherited(false)
+	u.Fds.closeInherited()
 	if u.parent != nil {
 		u.parent.refuse(err)
 	}
@@ -214,7 +214,7 @@ func (u *Upgrader) Ready() error {
 }
 
 func (u *Upgrader) ready() error {
-	u.Fds.closeInherited(true)
+	stale := u.Fds.closeInherited()
 	pid, err := newPIDFile(u.opts.PIDFile, u.env.wd)
 	if err != nil {
 		err = fmt.Errorf("tableflip: can't write PID file: %w", err)
@@ -231,6 +231,12 @@ func (u *Upgrader) ready() error {
 		u.log.Info("tableflip: ready; parent acknowledged", "pid", os.Getpid(), "parent_pid", u.parent.pid)
 	} else {
 		u.log.Info("tableflip: ready", "pid", os.Getpid())
+	}
+	// Only now that the parent stops serving is nobody left on the
+	// sockets this generation did not ask for: a stale socket file would
+	// only make clients wait for nothing.
+	for _, path := range stale {
+		unlinkUnixSocket(path)
 	}
 	if err := pid.commit(); err != nil {
 		if u.parent == nil {
