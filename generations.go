@@ -52,6 +52,12 @@ type GenerationInfo struct {
 	// DrainingSince is when a newer generation took over from this one;
 	// zero for the generation that serves.
 	DrainingSince time.Time `json:"draining_since,omitzero"`
+	// Conns is how many connections the generation holds open:
+	// established TCP connections and Unix stream connections accepted
+	// on a named socket (the control socket's included), as the kernel
+	// reports them in /proc; -1 where that cannot be read (platforms
+	// other than Linux, or another user's process).
+	Conns int `json:"conns"`
 }
 
 // olderGen is a generation older than this one that was alive when it
@@ -135,6 +141,7 @@ func (u *Upgrader) generationStats(st *Stats) {
 		if !g.Started.IsZero() {
 			g.AgeSeconds = now.Sub(g.Started).Seconds()
 		}
+		g.Conns = openConns(g.PID)
 		if g.PID != self.PID {
 			st.Draining = append(st.Draining, g.PID)
 		}

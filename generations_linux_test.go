@@ -304,6 +304,9 @@ func TestGenerationsBackToBack(t *testing.T) {
 			if (g.PID == s.pid) != g.DrainingSince.IsZero() {
 				t.Errorf("generation %d: draining since %v, serving pid %d", g.PID, g.DrainingSince, s.pid)
 			}
+			if g.PID != s.pid && g.Conns != len(byGen[g.PID]) {
+				t.Errorf("generation %d holds %d connections, status says %d", g.PID, len(byGen[g.PID]), g.Conns)
+			}
 		}
 		if !slices.Equal(pids, gens) || !slices.Equal(st.Draining, gens[:len(gens)-1]) {
 			t.Fatalf("status lists generations %v, draining %v; want %v", pids, st.Draining, gens)

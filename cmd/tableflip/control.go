@@ -211,4 +211,18 @@ func writeStatus(w io.Writer, st *tableflip.Stats, now time.Time) {
 	if f := st.LastFailure; f != nil {
 		fmt.Fprintf(w, "last failure  %s: %s\n", st.LastFailureAt.Format(time.RFC3339), strings.ReplaceAll(describeControlError(f), "\n  ", "\n              "))
 	}
+	if len(st.Generations) > 1 {
+		fmt.Fprintln(w, "generations   (oldest first)")
+		for _, g := range st.Generations {
+			conns := "conns ?"
+			if g.Conns >= 0 {
+				conns = fmt.Sprintf("%d conns", g.Conns)
+			}
+			role := "serving"
+			if !g.DrainingSince.IsZero() {
+				role = "draining for " + fmtDur(now.Sub(g.DrainingSince).Round(time.Second))
+			}
+			fmt.Fprintf(w, "  pid %-8d generation %-4d age %-8s %-10s %s\n", g.PID, g.Generation, fmtDur(time.Duration(g.AgeSeconds*float64(time.Second)).Round(time.Second)), conns, role)
+		}
+	}
 }

@@ -192,13 +192,17 @@ func TestUpgradeCommandFailures(t *testing.T) {
 func TestStatusText(t *testing.T) {
 	answer := `{"v":1,"ok":true,"status":{"pid":10,"generation":3,"parent_pid":9,"started":"2026-01-02T03:04:05Z","ready":true,` +
 		`"upgrading":false,"exiting":false,"upgrades_attempted":2,"upgrades_succeeded":1,"upgrades_failed":1,` +
-		`"last_failure":{"reason":"child_exited","message":"boom","pid":11,"exit_code":2},"last_failure_at":"2026-01-02T03:05:00Z","draining":[9]}}`
+		`"last_failure":{"reason":"child_exited","message":"boom","pid":11,"exit_code":2},"last_failure_at":"2026-01-02T03:05:00Z","draining":[9],` +
+		`"generations":[{"pid":9,"generation":2,"age_seconds":125,"draining_since":"2026-01-02T03:04:05Z","conns":7},` +
+		`{"pid":10,"generation":3,"age_seconds":65,"conns":-1}]}}`
 	code, out, errOut := runCmd("status", "-socket", fakeControl(t, answer))
 	for _, want := range []string{
 		"pid           10\n", "generation    3\n", "parent pid    9 (still running, draining)\n",
 		"started       2026-01-02T03:04:05Z (", "ready         yes\n",
 		"upgrades      2 attempted, 1 succeeded, 1 failed\n",
 		"last failure  2026-01-02T03:05:00Z: failed: the new generation exited before it was ready (pid 11, exit status 2) [child_exited]\n              boom\n",
+		"generations   (oldest first)\n  pid 9        generation 2    age 125.00s  7 conns    draining for ",
+		"  pid 10       generation 3    age 65.00s   conns ?    serving\n",
 	} {
 		if code != exitOK || !strings.Contains(out, want) {
 			t.Errorf("status: exit %d, output:\n%s%s\nwant %q", code, out, errOut, want)
