@@ -150,6 +150,7 @@ type ControlError struct {
 	Signal   string `json:"signal,omitempty"`
 }
 
+// Error describes the failure.
 func (e *ControlError) Error() string {
 	msg := e.Message
 	if msg == "" {

@@ -63,6 +63,7 @@ type ChildError struct {
 	Err error
 }
 
+// Error describes the failure.
 func (e *ChildError) Error() string {
 	status := fmt.Sprintf("exit status %d", e.ExitCode)
 	if e.Signal != 0 {
@@ -71,4 +72,5 @@ func (e *ChildError) Error() string {
 	return fmt.Sprintf("%v (pid %d, %s)", e.Err, e.PID, status)
 }
 
+// Unwrap returns the underlying error, for errors.Is and errors.As.
 func (e *ChildError) Unwrap() error { return e.Err }

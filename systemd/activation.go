@@ -40,10 +40,12 @@ type EnvError struct {
 	Err   error
 }
 
+// Error describes the failure.
 func (e *EnvError) Error() string {
 	return fmt.Sprintf("systemd: %s=%q: %v", e.Var, truncate(e.Value), e.Err)
 }
 
+// Unwrap returns the underlying error, for errors.Is and errors.As.
 func (e *EnvError) Unwrap() error { return e.Err }
 
 // FdError reports a passed fd that cannot be used, for instance one that
@@ -54,10 +56,12 @@ type FdError struct {
 	Err  error
 }
 
+// Error describes the failure.
 func (e *FdError) Error() string {
 	return fmt.Sprintf("systemd: passed fd %d (%q): %v", e.Fd, e.Name, e.Err)
 }
 
+// Unwrap returns the underlying error, for errors.Is and errors.As.
 func (e *FdError) Unwrap() error { return e.Err }
 
 // ParseListenEnv reads the socket-activation variables through getenv (as

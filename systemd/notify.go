@@ -77,10 +77,12 @@ type NotifyError struct {
 	Err    error
 }
 
+// Error describes the failure.
 func (e *NotifyError) Error() string {
 	return "systemd: notify socket " + e.Socket + ": " + e.Err.Error()
 }
 
+// Unwrap returns the underlying error, for errors.Is and errors.As.
 func (e *NotifyError) Unwrap() error { return e.Err }
 
 // A Notifier sends sd_notify(3) messages to systemd's notification socket.

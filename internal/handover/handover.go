@@ -148,6 +148,7 @@ type PeerError struct {
 	Message string
 }
 
+// Error describes the failure.
 func (e *PeerError) Error() string { return "handover: peer reported: " + e.Message }
 
 // Env is what the environment variable carries.
