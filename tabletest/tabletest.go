@@ -66,6 +66,8 @@ type Upgrader struct {
 
 	mu        sync.Mutex
 	ready     bool
+	readyOnce sync.Once
+	readyC    chan struct{}
 	upgrades  int
 	exitOnce  sync.Once
 	exitC     chan struct{}
@@ -75,7 +77,7 @@ type Upgrader struct {
 
 // New returns an Upgrader that is not ready yet.
 func New() *Upgrader {
-	return &Upgrader{exitC: make(chan struct{})}
+	return &Upgrader{exitC: make(chan struct{}), readyC: make(chan struct{})}
 }
 
 // Ready marks the Upgrader ready.
@@ -83,8 +85,13 @@ func (u *Upgrader) Ready() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.ready = true
+	u.readyOnce.Do(func() { close(u.readyC) })
 	return nil
 }
+
+// Readied is closed when Ready is first called, so that a test can wait
+// for the code under test to be ready.
+func (u *Upgrader) Readied() <-chan struct{} { return u.readyC }
 
 // IsReady reports whether Ready was called.
 func (u *Upgrader) IsReady() bool {
