@@ -189,28 +189,10 @@ func helperServer() int {
 		say("spawned %q %v", strings.TrimSpace(string(out)), err)
 	}
 
-	// accepting counts the accept loops: they must have stopped before
-	// wg.Wait, or an Add could race with it.
-	var wg, accepting sync.WaitGroup
-	serve := func(ln net.Listener) {
-		defer accepting.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handleCommands(upg, ln, c)
-			}()
-		}
-	}
-	accepting.Add(1)
-	go serve(ln)
+	var conns connServer
+	conns.serve(ln, func(c net.Conn) { handleCommands(upg, ln, c) })
 	if uln != nil {
-		accepting.Add(1)
-		go serve(uln)
+		conns.serve(uln, func(c net.Conn) { handleCommands(upg, uln, c) })
 	}
 	go func() {
 		buf := make([]byte, 64)
@@ -234,8 +216,7 @@ func helperServer() int {
 	if uln != nil {
 		uln.Close()
 	}
-	accepting.Wait()
-	wg.Wait()
+	conns.wait()
 	say("exiting")
 	return 0
 }
@@ -294,6 +275,37 @@ func nonblocking(ln net.Listener) string {
 		return err.Error()
 	}
 	return strconv.FormatBool(flags&unix.O_NONBLOCK != 0)
+}
+
+// connServer runs a handler for each connection accepted on its
+// listeners, in a goroutine of its own, until the listeners close.
+type connServer struct {
+	accepting, handling sync.WaitGroup
+}
+
+func (s *connServer) serve(ln net.Listener, handle func(net.Conn)) {
+	s.accepting.Add(1)
+	go func() {
+		defer s.accepting.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.handling.Add(1)
+			go func() {
+				defer s.handling.Done()
+				handle(c)
+			}()
+		}
+	}()
+}
+
+// wait returns once the listeners are closed and every handler has
+// returned. The accept loops go first: an Add while Wait runs would race.
+func (s *connServer) wait() {
+	s.accepting.Wait()
+	s.handling.Wait()
 }
 
 // describeError lists which of the package's errors err is, so that the

@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 )
@@ -100,28 +99,12 @@ func helperStateServer() int {
 	}
 	say("peak-rss %d", peakRSS())
 	fmt.Printf("ready %d %s -\n", os.Getpid(), ln.Addr())
-	// accepting: the accept loop must have stopped before wg.Wait.
-	var wg, accepting sync.WaitGroup
-	accepting.Add(1)
-	go func() {
-		defer accepting.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handleCommands(upg, ln, c)
-			}()
-		}
-	}()
+	var conns connServer
+	conns.serve(ln, func(c net.Conn) { handleCommands(upg, ln, c) })
 	<-upg.Exit()
 	ln.Close()
-	accepting.Wait()
 	// The upgrade command answers after Exit is closed.
-	wg.Wait()
+	conns.wait()
 	say("peak-rss %d", peakRSS())
 	say("exiting")
 	return 0

@@ -85,50 +85,37 @@ func helperSystemdServer() int {
 	}
 	fmt.Printf("ready %d %s %s\n", os.Getpid(), ln.Addr(), udp)
 
-	// accepting: the accept loop must have stopped before wg.Wait.
-	var wg, accepting sync.WaitGroup
-	accepting.Add(1)
-	go func() {
-		defer accepting.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				r := bufio.NewScanner(c)
-				if !r.Scan() {
-					return
-				}
-				var reply string
-				switch cmd := r.Text(); cmd {
-				case "pid":
-					reply = strconv.Itoa(os.Getpid())
-				case "upgrade":
-					if err := upg.Upgrade(); err != nil {
-						reply = "error " + err.Error()
-					} else {
-						reply = "ok"
-					}
-				case "stop":
-					upg.Stop()
-					reply = "stopped"
-				case "inode":
-					reply = socketInode(ln.(syscall.Conn))
-				case "nonblock":
-					reply = nonblocking(ln)
-				case "waitparent":
-					reply = fmt.Sprint(upg.WaitForParent(context.Background()))
-				default:
-					reply = "unknown command " + cmd
-				}
-				fmt.Fprintln(c, reply)
-			}()
+	var conns connServer
+	conns.serve(ln, func(c net.Conn) {
+		defer c.Close()
+		r := bufio.NewScanner(c)
+		if !r.Scan() {
+			return
 		}
-	}()
+		var reply string
+		switch cmd := r.Text(); cmd {
+		case "pid":
+			reply = strconv.Itoa(os.Getpid())
+		case "upgrade":
+			if err := upg.Upgrade(); err != nil {
+				reply = "error " + err.Error()
+			} else {
+				reply = "ok"
+			}
+		case "stop":
+			upg.Stop()
+			reply = "stopped"
+		case "inode":
+			reply = socketInode(ln.(syscall.Conn))
+		case "nonblock":
+			reply = nonblocking(ln)
+		case "waitparent":
+			reply = fmt.Sprint(upg.WaitForParent(context.Background()))
+		default:
+			reply = "unknown command " + cmd
+		}
+		fmt.Fprintln(c, reply)
+	})
 	if pc != nil {
 		go func() {
 			buf := make([]byte, 64)
@@ -146,8 +133,7 @@ func helperSystemdServer() int {
 	if pc != nil {
 		pc.Close()
 	}
-	accepting.Wait()
-	wg.Wait()
+	conns.wait()
 	say("exiting")
 	return 0
 }

@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/seed589fcc9d/tableflip/internal/loadgen"
@@ -73,25 +72,9 @@ func helperTLSServer() int {
 	}
 	fmt.Printf("ready %d %s %s\n", os.Getpid(), cmdLn.Addr(), tlsLn.Addr())
 
-	// accepting: the accept loops must have stopped before wg.Wait.
-	var wg, accepting sync.WaitGroup
-	serve := func(ln net.Listener, handle func(net.Conn)) {
-		defer accepting.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handle(c)
-			}()
-		}
-	}
-	accepting.Add(2)
-	go serve(cmdLn, func(c net.Conn) { handleCommands(upg, cmdLn, c) })
-	go serve(tlsLn, func(c net.Conn) {
+	var conns connServer
+	conns.serve(cmdLn, func(c net.Conn) { handleCommands(upg, cmdLn, c) })
+	conns.serve(tlsLn, func(c net.Conn) {
 		tc := tls.Server(c, cfg)
 		defer tc.Close()
 		if err := tc.Handshake(); err != nil {
@@ -102,8 +85,7 @@ func helperTLSServer() int {
 	<-upg.Exit()
 	cmdLn.Close()
 	tlsLn.Close()
-	accepting.Wait()
-	wg.Wait()
+	conns.wait()
 	say("exiting")
 	return 0
 }
