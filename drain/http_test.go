@@ -104,6 +104,19 @@ func (ts *testServer) drainAsync(ctx context.Context) <-chan drainResult {
 	return done
 }
 
+// drained checks that the drain finished without error and with the
+// stats want.
+func (ts *testServer) drained(done <-chan drainResult, want drain.Stats) {
+	ts.t.Helper()
+	r := ts.result(done)
+	if r.err != nil {
+		ts.t.Fatalf("Drain: %v", r.err)
+	}
+	if r.stats != want {
+		ts.t.Fatalf("stats %+v, want %+v", r.stats, want)
+	}
+}
+
 func (ts *testServer) result(done <-chan drainResult) drainResult {
 	ts.t.Helper()
 	select {
@@ -228,13 +241,7 @@ func TestDrainConnectionClose(t *testing.T) {
 		t.Fatal("response during drain without Connection: close")
 	}
 	c.expectEOF()
-	r := ts.result(done)
-	if r.err != nil {
-		t.Fatalf("Drain: %v", r.err)
-	}
-	if want := (drain.Stats{Conns: 1}); r.stats != want {
-		t.Fatalf("stats %+v, want %+v", r.stats, want)
-	}
+	ts.drained(done, drain.Stats{Conns: 1})
 }
 
 // A connection accepted before the drain, whose request comes slowly
@@ -256,13 +263,7 @@ func TestDrainServesSlowFirstRequest(t *testing.T) {
 		t.Fatal("response during drain without Connection: close")
 	}
 	c.expectEOF()
-	r := ts.result(done)
-	if r.err != nil {
-		t.Fatalf("Drain: %v", r.err)
-	}
-	if want := (drain.Stats{Conns: 1}); r.stats != want {
-		t.Fatalf("stats %+v, want %+v", r.stats, want)
-	}
+	ts.drained(done, drain.Stats{Conns: 1})
 }
 
 // A kept-alive connection that starts its next request within IdleGrace
@@ -283,13 +284,7 @@ func TestDrainServesSlowKeepAliveRequest(t *testing.T) {
 		t.Fatal("response during drain without Connection: close")
 	}
 	c.expectEOF()
-	r := ts.result(done)
-	if r.err != nil {
-		t.Fatalf("Drain: %v", r.err)
-	}
-	if want := (drain.Stats{Conns: 1}); r.stats != want {
-		t.Fatalf("stats %+v, want %+v", r.stats, want)
-	}
+	ts.drained(done, drain.Stats{Conns: 1})
 }
 
 // A connection that never sends a request is closed at the deadline and
@@ -348,13 +343,7 @@ func TestDrainWaitsForHandler(t *testing.T) {
 	close(release)
 	c.response()
 	c.expectEOF()
-	r := ts.result(done)
-	if r.err != nil {
-		t.Fatalf("Drain: %v", r.err)
-	}
-	if want := (drain.Stats{Conns: 1, ClosedIdle: 1}); r.stats != want {
-		t.Fatalf("stats %+v, want %+v", r.stats, want)
-	}
+	ts.drained(done, drain.Stats{Conns: 1, ClosedIdle: 1})
 }
 
 type ctxKey struct{}
@@ -473,13 +462,7 @@ func TestDrainHTTP2(t *testing.T) {
 	if got := <-blocked; got != "HTTP/2.0" {
 		t.Fatalf("stream in progress got %q", got)
 	}
-	r := ts.result(done)
-	if r.err != nil {
-		t.Fatalf("Drain: %v", r.err)
-	}
-	if want := (drain.Stats{Conns: 1}); r.stats != want {
-		t.Fatalf("stats %+v, want %+v", r.stats, want)
-	}
+	ts.drained(done, drain.Stats{Conns: 1})
 	if dials != 1 {
 		t.Fatalf("%d TLS connections, want 1", dials)
 	}
@@ -521,13 +504,7 @@ func TestDrainHTTP2LateStart(t *testing.T) {
 		t.Fatal("Drain did not call Shutdown")
 	}
 	tc.Close()
-	r := ts.result(done)
-	if r.err != nil {
-		t.Fatalf("Drain: %v", r.err)
-	}
-	if want := (drain.Stats{Conns: 1}); r.stats != want {
-		t.Fatalf("stats %+v, want %+v", r.stats, want)
-	}
+	ts.drained(done, drain.Stats{Conns: 1})
 }
 
 // HTTP/1.1 over TLS gets Connection: close during the drain, like
@@ -556,13 +533,7 @@ func TestDrainTLSHTTP1(t *testing.T) {
 		t.Fatal("response during drain without Connection: close")
 	}
 	c.expectEOF()
-	r := ts.result(done)
-	if r.err != nil {
-		t.Fatalf("Drain: %v", r.err)
-	}
-	if want := (drain.Stats{Conns: 1}); r.stats != want {
-		t.Fatalf("stats %+v, want %+v", r.stats, want)
-	}
+	ts.drained(done, drain.Stats{Conns: 1})
 }
 
 func TestServerMisuse(t *testing.T) {

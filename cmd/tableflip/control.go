@@ -153,6 +153,8 @@ func describeControlError(e *tableflip.ControlError) string {
 		what = "refused: the server is stopping"
 	case tableflip.ReasonUpgraded:
 		what = "refused: this generation was just replaced; ask again"
+	case tableflip.ReasonTooMany:
+		what = "refused: as many generations as allowed are alive; ask again once one has drained"
 	case tableflip.ReasonNotSupported:
 		what = "not supported on the server's platform"
 	case tableflip.ReasonTimeout:

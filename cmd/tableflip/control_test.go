@@ -153,6 +153,8 @@ func TestUpgradeCommandFailures(t *testing.T) {
 			exitFailed, []string{"did not become ready in time (pid 78, killed by SIGKILL) [timeout]"}},
 		{"in progress", `{"v":1,"ok":false,"error":{"reason":"in_progress","message":"tableflip: an upgrade is already in progress"}}`,
 			exitFailed, []string{"another upgrade is running [in_progress]", "already in progress"}},
+		{"at the cap", `{"v":1,"ok":false,"error":{"reason":"too_many_generations","message":"tableflip: too many generations alive"}}`,
+			exitFailed, []string{"as many generations as allowed are alive; ask again once one has drained [too_many_generations]"}},
 		{"garbage", `not json`, exitServer, []string{"malformed answer"}},
 	} {
 		sock := fakeControl(t, tc.answer)
