@@ -4,7 +4,6 @@ package tableflip
 
 import (
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -142,7 +141,14 @@ func (p *parentLink) watch() {
 	defer close(p.exited)
 	defer p.conn.Close()
 	typ, _, err := p.conn.ReadFrame()
-	if err != nil || typ != handover.FrameAck {
+	var refusal *handover.PeerError
+	switch {
+	case errors.As(err, &refusal):
+		// The parent refused this generation, as it refuses when it
+		// cannot write the PID file.
+		p.exitErr = fmt.Errorf("%w: the parent (pid %d) refused it: %s", ErrHandover, p.pid, refusal.Message)
+		return
+	case err != nil || typ != handover.FrameAck:
 		p.exitErr = fmt.Errorf("%w (pid %d)", ErrParentExited, p.pid)
 		return
 	}
@@ -153,23 +159,40 @@ func (p *parentLink) watch() {
 	_, _ = io.Copy(io.Discard, p.conn)
 }
 
-// ready tells the parent that this process is ready and waits for its
-// acknowledgement.
-func (p *parentLink) ready() error {
+// ready tells the parent that this process is ready, and that pidFile
+// (absolute, or "") is its PID file, and waits for the acknowledgement.
+// Once stop is closed, it waits at most grace more: a parent that does not
+// answer by then is taken to have failed the upgrade.
+func (p *parentLink) ready(pidFile string, stop <-chan struct{}, grace time.Duration) error {
 	if err := p.state.finish(); err != nil {
 		p.refuse(err)
 		return err
 	}
-	pid := binary.BigEndian.AppendUint32(nil, uint32(os.Getpid()))
-	if err := p.conn.WriteFrame(handover.FrameReady, pid); err != nil {
+	frame, err := (&handover.Ready{PID: os.Getpid(), PIDFile: pidFile}).MarshalBinary()
+	if err != nil {
+		p.refuse(err)
+		return fmt.Errorf("%w: %w", ErrHandover, err)
+	}
+	if err := p.conn.WriteFrame(handover.FrameReady, frame); err != nil {
 		<-p.exited
 		return p.exitErr
 	}
-	select {
-	case <-p.ack:
-		return nil
-	case <-p.exited:
-		return p.exitErr
+	var giveUp <-chan time.Time
+	for {
+		select {
+		case <-p.ack:
+			return nil
+		case <-p.exited:
+			return p.exitErr
+		case <-stop:
+			stop = nil
+			t := time.NewTimer(grace)
+			defer t.Stop()
+			giveUp = t.C
+		case <-giveUp:
+			p.refuse(ErrStopped)
+			return fmt.Errorf("%w: the parent (pid %d) did not acknowledge within %s of Stop", ErrStopped, p.pid, grace)
+		}
 	}
 }
 

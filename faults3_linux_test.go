@@ -81,8 +81,8 @@ func dirNames(dir string) []string {
 
 // TestPIDFileUnwritable: a PID file in a missing or read-only directory
 // fails Ready with a clear error and writes nothing anywhere; in an
-// upgrade, the new generation refuses before the handover commits and the
-// old one serves on, its Unix socket file in place.
+// upgrade, the old generation, which writes the new one's pid, refuses to
+// hand over and serves on, its Unix socket file in place.
 func TestPIDFileUnwritable(t *testing.T) {
 	dir := t.TempDir()
 	got := firstStart(t, pidFileEnv+"="+filepath.Join(dir, "missing", "app.pid"))
@@ -113,8 +113,8 @@ func TestPIDFileUnwritable(t *testing.T) {
 	l := startLoad(s.tcp)
 	undo = readOnlyDir(t, pidDir)
 	reply := s.failedUpgrade("serve")
-	if !strings.Contains(reply, "can't write PID file") || !strings.Contains(reply, "ErrHandover") {
-		t.Errorf("upgrade to a generation that can't write the PID file: %q, want its refusal", reply)
+	if !strings.Contains(reply, "can't write PID file") || !strings.Contains(reply, "ChildError{code=1,") {
+		t.Errorf("upgrade to a generation whose PID file can't be written: %q, want the old generation's refusal, and the new one's exit", reply)
 	}
 	if got := unixPID(t, sock); got != strconv.Itoa(s.pid) {
 		t.Errorf("Unix socket after the failed upgrade: answered by %q, want %d", got, s.pid)
@@ -158,7 +158,7 @@ func TestSocketFilesOfFailedGeneration(t *testing.T) {
 	firstFDs := s.command("fds")
 	l := startLoad(s.tcp)
 	reply := s.failedUpgrade("exit-after-listen")
-	if !strings.HasSuffix(reply, "[ErrChildExited,ChildError{code=1,signal=0}]") {
+	if !strings.Contains(reply, "stopped") || !strings.HasSuffix(reply, "[ErrHandover,ChildError{code=1,signal=0}]") {
 		t.Errorf("upgrade to a generation that gives up: %q", reply)
 	}
 	if _, err := os.Lstat(sock); err != nil {

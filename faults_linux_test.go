@@ -66,13 +66,13 @@ func TestUpgradeChildFails(t *testing.T) {
 		{"exit0", "[ErrChildExited,ChildError{code=0,signal=0}]"},
 		{"panic", "[ErrChildExited,ChildError{code=2,signal=0}]"},
 		{"kill", "[ErrChildExited,ChildError{code=-1,signal=9}]"},
-		{"speak-v2", "[ErrHandover,ChildError{code=1,signal=0}]"},
+		{"speak-other-version", "[ErrHandover,ChildError{code=1,signal=0}]"},
 	} {
 		reply := s.failedUpgrade(tc.mode)
 		if !strings.HasSuffix(reply, tc.want) {
 			t.Errorf("child in mode %s: got %q, want errors %s", tc.mode, reply, tc.want)
 		}
-		if tc.mode == "speak-v2" && !strings.Contains(reply, "unsupported protocol version 2") {
+		if tc.mode == "speak-other-version" && !strings.Contains(reply, fmt.Sprintf("unsupported protocol version %d", handover.Version+1)) {
 			t.Errorf("protocol mismatch: got %q, want the child's reason", reply)
 		}
 	}
@@ -151,7 +151,7 @@ func TestSubprocessSeesNothing(t *testing.T) {
 func TestSpoofedEnvironment(t *testing.T) {
 	var token [handover.TokenSize]byte
 	spoof := func(pid int) string {
-		return "TABLEFLIP_HANDOVER=" + handover.Env{Version: 1, PID: pid, FD: 3, Token: token}.String()
+		return "TABLEFLIP_HANDOVER=" + handover.Env{Version: handover.Version, PID: pid, FD: 3, Token: token}.String()
 	}
 
 	t.Run("another parent", func(t *testing.T) {
@@ -174,7 +174,7 @@ func TestSpoofedEnvironment(t *testing.T) {
 		theirs := os.NewFile(uintptr(fds[1]), "theirs")
 		defer ours.Close()
 		// The socket buffer holds the hello until the child reads it.
-		hello, _ := (&handover.Hello{Version: 1, Token: [handover.TokenSize]byte{1}}).MarshalBinary()
+		hello, _ := (&handover.Hello{Version: handover.Version, Token: [handover.TokenSize]byte{1}}).MarshalBinary()
 		ours.Write(handover.AppendFrame(nil, handover.FrameHello, hello))
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), helperEnv+"=server", spoof(os.Getpid()))
@@ -314,11 +314,7 @@ func TestPIDFileNotThroughSymlink(t *testing.T) {
 	if err := os.Symlink(target, path); err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPIDFile(path, "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.commit(); err != nil {
+	if err := writePIDFile(path, os.Getpid()); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(target); string(b) != "precious" {
@@ -332,7 +328,7 @@ func TestPIDFileNotThroughSymlink(t *testing.T) {
 		t.Errorf("PID file says %q, want %q", got, want)
 	}
 
-	_, err = newPIDFile(filepath.Join(dir, "missing", "app.pid"), "/")
+	err = writePIDFile(filepath.Join(dir, "missing", "app.pid"), os.Getpid())
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("PID file in a missing directory: %v, want ErrNotExist", err)
 	}

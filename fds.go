@@ -85,6 +85,9 @@ type entry struct {
 	owner syscall.Conn
 	// taken is set when the entry leaves the inherited set.
 	taken bool
+	// fromParent is set on what the parent passed: a socket the parent
+	// still serves on.
+	fromParent bool
 
 	// An inherited socket is made into its net object once (see
 	// prepare): obj and convErr are set when conv is done.
@@ -114,6 +117,23 @@ type Fds struct {
 	// activated are the sockets systemd passed that nobody has asked
 	// for yet (see SystemdOptions).
 	activated sdFds
+
+	// gate is closed once the listeners inherited from a parent may
+	// accept (see listener).
+	gate     chan struct{}
+	gateOnce sync.Once
+}
+
+// alwaysOpen is a gate that is always open.
+var alwaysOpen = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// openGate lets the inherited listeners accept.
+func (f *Fds) openGate() {
+	f.gateOnce.Do(func() { close(f.gate) })
 }
 
 func newFds(inherited []*entry, lc *net.ListenConfig, log *slog.Logger) *Fds {
@@ -124,8 +144,10 @@ func newFds(inherited []*entry, lc *net.ListenConfig, log *slog.Logger) *Fds {
 		inherited: make(map[key][]*entry, len(inherited)),
 		lc:        lc,
 		log:       log,
+		gate:      make(chan struct{}),
 	}
 	for _, e := range inherited {
+		e.fromParent = true
 		for _, k := range e.names() {
 			f.inherited[k] = append(f.inherited[k], e)
 		}
@@ -290,7 +312,7 @@ func (f *Fds) ListenWithCallback(network, addr string, callback func(network, ad
 		return nil, fmt.Errorf("tableflip: %T does not implement tableflip.Listener", ln)
 	}
 	f.own(key{handover.KindListener, network, addr}, sln, ln.Addr())
-	return ln, nil
+	return newListener(sln, alwaysOpen), nil
 }
 
 // Listener returns the listener inherited from the parent process for
@@ -313,7 +335,11 @@ func (f *Fds) listenerLocked(network, addr string) (net.Listener, error) {
 		return nil, err
 	}
 	f.claim(e, ln)
-	return ln, nil
+	gate := alwaysOpen
+	if e.fromParent {
+		gate = f.gate
+	}
+	return newListener(ln, gate), nil
 }
 
 // AddListener passes a copy of ln on to the next generation under network

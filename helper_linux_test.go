@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip/internal/handover"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,9 +83,10 @@ func helperServer() int {
 		panic("init failed")
 	case "kill":
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	case "speak-v2":
+	case "speak-other-version":
 		v := os.Getenv("TABLEFLIP_HANDOVER")
-		os.Setenv("TABLEFLIP_HANDOVER", "v2"+strings.TrimPrefix(v, "v1"))
+		_, rest, _ := strings.Cut(v, ";")
+		os.Setenv("TABLEFLIP_HANDOVER", fmt.Sprintf("v%d;%s", handover.Version+1, rest))
 	}
 
 	timeout, _ := time.ParseDuration(os.Getenv(timeoutEnv))

@@ -5,17 +5,16 @@ package tableflip
 import (
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/seed589fcc9d/tableflip/internal/handover"
+	"github.com/seed589fcc9d/tableflip/internal/proc"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,6 +30,8 @@ type childLink struct {
 // startChild starts the next generation, hands it what Fds collected and
 // waits until it is ready, has failed, or ctx ends.
 func (u *Upgrader) startChild(ctx context.Context) error {
+	// UpgradeTimeout bounds the upgrade, the state writer included.
+	deadline := time.Now().Add(u.opts.UpgradeTimeout)
 	p, err := u.Fds.collect()
 	if err != nil {
 		return err
@@ -40,7 +41,17 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer sender.close()
+	defer func() {
+		wait := deadline
+		if ctx.Err() != nil {
+			// Stop does not wait for the writer.
+			wait = time.Now()
+		}
+		if !sender.close(wait) && ctx.Err() == nil {
+			u.log.Error("tableflip: Options.WriteState has not returned by the upgrade's deadline; going on without it",
+				"upgrade_timeout", u.opts.UpgradeTimeout)
+		}
+	}()
 	if err := sender.add(p); err != nil {
 		return err
 	}
@@ -65,28 +76,26 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 			environ = append(environ, kv)
 		}
 	}
-	proc, err := startProcess(path, u.env.args, environ, u.env.wd, childEnd)
+	proc, err := startProcess(path, u.env.args, environ, u.env.wd, childEnd, u.env.parentReaps())
 	childEnd.Close()
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("tableflip: can't start new generation: %w", err)
 	}
-	u.log.Info("tableflip: new generation started", "pid", proc.Pid, "executable", path, "sockets", len(p.fds))
-	u.sdChildStarted(proc.Pid)
+	u.log.Info("tableflip: new generation started", "pid", proc.PID, "executable", path, "sockets", len(p.fds),
+		"sibling", proc.Sibling)
+	u.sdChildStarted(proc.PID)
 
-	exited := make(chan *os.ProcessState, 1)
-	go func() {
-		state, _ := proc.Wait()
-		exited <- state
-	}()
+	// ready is the child's FrameReady, set before handshake yields nil.
+	var ready handover.Ready
 	handshake := make(chan error, 1)
-	go func() { handshake <- u.handOver(conn, p, sender, he.Token, proc.Pid) }()
+	go func() { handshake <- u.handOver(conn, p, sender, he.Token, proc.PID, &ready) }()
 
-	timeout := time.NewTimer(u.opts.UpgradeTimeout)
+	timeout := time.NewTimer(time.Until(deadline))
 	defer timeout.Stop()
 	var (
 		reason error
-		state  *os.ProcessState
+		exited bool
 	)
 	for reason == nil {
 		select {
@@ -98,20 +107,23 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 				err = ctx.Err()
 			}
 			if err == nil {
-				err = conn.WriteFrame(handover.FrameAck, nil)
+				err = u.acknowledge(conn, ready)
 				if err == nil {
-					u.children = append(u.children, &childLink{conn: conn, pid: proc.Pid})
-					u.log.Info("tableflip: new generation is ready", "pid", proc.Pid)
-					u.sdChildReady(proc.Pid)
+					u.children = append(u.children, &childLink{conn: conn, pid: proc.PID})
+					u.log.Info("tableflip: new generation is ready", "pid", proc.PID)
+					u.sdChildReady(proc.PID)
 					return nil
 				}
 			}
 			if refused(err) {
 				reason = handoverError(err)
+			} else if errors.Is(err, errPIDFile) {
+				reason = err
 			}
 			// Otherwise the socket broke, most likely because the
 			// child is exiting: its exit status says more.
-		case state = <-exited:
+		case <-proc.Done():
+			exited = true
 			reason = ErrChildExited
 			// Its end of the socket is closed now: the handshake
 			// ends promptly, with the child's own word if it sent
@@ -130,23 +142,51 @@ func (u *Upgrader) startChild(ctx context.Context) error {
 	}
 	conn.Close()
 	grace := min(killGrace, u.opts.UpgradeTimeout)
-	if state == nil && errors.Is(reason, ErrHandover) {
-		// A child that refused the handover exits by itself: its own
-		// exit status says more than our signal would.
+	if !exited && (errors.Is(reason, ErrHandover) || errors.Is(reason, errPIDFile)) {
+		// A child that refused the handover, or was refused, exits
+		// by itself: its own exit status says more than our signal
+		// would.
 		t := time.NewTimer(grace)
 		select {
-		case state = <-exited:
+		case <-proc.Done():
+			exited = true
 		case <-t.C:
 		}
 		t.Stop()
 	}
-	if state == nil {
-		state = terminate(proc, exited, grace)
+	if !exited {
+		terminate(proc, grace)
 	}
 	if handshake != nil {
 		<-handshake
 	}
-	return childError(proc.Pid, state, reason)
+	return childError(proc.PID, proc.Status(), reason)
+}
+
+// acknowledge makes the child the serving generation: it names the child
+// in the PID file that the child asked for, then tells the child. So the
+// PID file names the new generation before this process can exit, and
+// before Upgrade returns or systemd is told. If the child is gone before
+// it learns it, the PID file names this process again.
+func (u *Upgrader) acknowledge(conn *handover.Conn, ready handover.Ready) error {
+	path := ready.PIDFile
+	if err := writePIDFile(path, ready.PID); err != nil {
+		_ = conn.WriteFrame(handover.FrameError, []byte(err.Error()))
+		return err
+	}
+	if err := conn.WriteFrame(handover.FrameAck, nil); err != nil {
+		if path != "" {
+			if werr := writePIDFile(path, os.Getpid()); werr != nil {
+				u.log.Error("tableflip: can't name this process in the PID file again", "error", werr)
+			}
+		}
+		return err
+	}
+	if own := pidPath(u.opts.PIDFile, u.env.wd); own != "" && own != path {
+		// The new generation keeps its PID file elsewhere.
+		removePIDFile(u.opts.PIDFile, u.env.wd)
+	}
+	return nil
 }
 
 // refused reports whether err is the child's refusal or a breach of the
@@ -166,7 +206,7 @@ func handoverError(err error) error {
 
 // handOver sends the manifest and the descriptors, streams the state,
 // and waits for the child's readiness.
-func (u *Upgrader) handOver(conn *handover.Conn, p *passed, state *stateSender, token [handover.TokenSize]byte, pid int) error {
+func (u *Upgrader) handOver(conn *handover.Conn, p *passed, state *stateSender, token [handover.TokenSize]byte, pid int, ready *handover.Ready) error {
 	hello := handover.Hello{Version: handover.Version, Token: token, Entries: p.entries, Generation: u.stats.generation,
 		Live: u.handoverGenerations()}
 	payload, err := hello.MarshalBinary()
@@ -187,41 +227,35 @@ func (u *Upgrader) handOver(conn *handover.Conn, p *passed, state *stateSender, 
 		}
 		return err
 	}
-	if typ != handover.FrameReady || len(payload) != 4 {
+	if typ != handover.FrameReady {
 		return fmt.Errorf("%w: expected ready, got frame %q of %d bytes", handover.ErrMalformed, typ, len(payload))
 	}
-	if got := int(binary.BigEndian.Uint32(payload)); got != pid {
-		return fmt.Errorf("%w: ready from pid %d, expected %d", handover.ErrMalformed, got, pid)
+	if err := ready.UnmarshalBinary(payload); err != nil {
+		return err
+	}
+	if ready.PID != pid {
+		return fmt.Errorf("%w: ready from pid %d, expected %d", handover.ErrMalformed, ready.PID, pid)
 	}
 	// The child read the state to its end before it said ready.
 	return state.wait()
 }
 
 // terminate stops a child that is still running: SIGTERM, then SIGKILL
-// after grace. It returns once the child is reaped.
-func terminate(proc *os.Process, exited <-chan *os.ProcessState, grace time.Duration) *os.ProcessState {
-	_ = proc.Signal(unix.SIGTERM)
+// after grace. It returns once the child has exited.
+func terminate(p *proc.Process, grace time.Duration) {
+	_ = p.Signal(unix.SIGTERM)
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
-	case state := <-exited:
-		return state
+	case <-p.Done():
 	case <-t.C:
-		_ = proc.Kill()
-		return <-exited
+		_ = p.Signal(unix.SIGKILL)
+		<-p.Done()
 	}
 }
 
-func childError(pid int, state *os.ProcessState, reason error) *ChildError {
-	e := &ChildError{PID: pid, ExitCode: -1, Err: reason}
-	if state == nil {
-		return e
-	}
-	e.ExitCode = state.ExitCode()
-	if ws, ok := state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		e.Signal = ws.Signal()
-	}
-	return e
+func childError(pid int, st proc.Status, reason error) *ChildError {
+	return &ChildError{PID: pid, ExitCode: st.ExitCode, Signal: st.Signal, Err: reason}
 }
 
 // executable finds the program to start: the name it was started by,
@@ -259,10 +293,11 @@ func (u *Upgrader) executable() (string, error) {
 }
 
 // startProcess starts the program with the standard streams and the
-// handover socket. It hands raw descriptors to the kernel rather than
-// going through os.File.Fd, which would put shared descriptions into
-// blocking mode.
-func startProcess(path string, args, environ []string, dir string, handoverEnd *os.File) (*os.Process, error) {
+// handover socket as descriptor 3, as a sibling of this process if
+// sibling is set (see proc.Start). It hands raw descriptors to the kernel
+// rather than going through os.File.Fd, which would put shared
+// descriptions into blocking mode.
+func startProcess(path string, args, environ []string, dir string, handoverEnd *os.File, sibling bool) (*proc.Process, error) {
 	files := []uintptr{0, 1, 2, 0}
 	for fd := range 3 {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
@@ -273,18 +308,14 @@ func startProcess(path string, args, environ []string, dir string, handoverEnd *
 	if err != nil {
 		return nil, err
 	}
-	var pid int
+	var p *proc.Process
 	var startErr error
 	err = rc.Control(func(fd uintptr) {
 		files[3] = fd
-		attr := &syscall.ProcAttr{Dir: dir, Env: environ, Files: files}
-		pid, startErr = syscall.ForkExec(path, args, attr)
+		p, startErr = proc.Start(path, args, environ, dir, files, sibling)
 	})
 	if err != nil {
 		return nil, err
 	}
-	if startErr != nil {
-		return nil, &os.PathError{Op: "fork/exec", Path: path, Err: startErr}
-	}
-	return os.FindProcess(pid)
+	return p, startErr
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/seed589fcc9d/tableflip/internal/handover"
 )
@@ -143,14 +144,26 @@ func (s *stateSender) failed() error {
 }
 
 // close releases the sockets and, if the writer started, waits for it to
-// return: OnUpgradeFailed never runs beside the program's own writer.
-func (s *stateSender) close() {
+// return until deadline, so that OnUpgradeFailed does not run beside the
+// program's own writer. It reports whether the writer has returned. Once
+// the sockets are closed, a writer that writes returns at once with an
+// error; one that blocks on something else is left behind at the
+// deadline: the upgrade, and the next one, do not wait for it.
+func (s *stateSender) close(deadline time.Time) bool {
 	if s == nil {
-		return
+		return true
 	}
 	s.childEnd.Close()
 	s.conn.Close()
-	if s.finished != nil {
-		<-s.finished
+	if s.finished == nil {
+		return true
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-s.finished:
+		return true
+	case <-t.C:
+		return false
 	}
 }

@@ -3,13 +3,15 @@ package tableflip
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"sync"
 	"time"
+
+	"github.com/seed589fcc9d/tableflip/internal/proc"
 )
 
 // DefaultUpgradeTimeout is the duration before the Upgrader kills the new
@@ -78,6 +80,17 @@ type Options struct {
 	// ErrTooManyGenerations and starts nothing; ask again once an older
 	// generation has exited.
 	MaxGenerations int
+	// UpgradeSignal, if not nil, is the signal on which this process
+	// upgrades, as if it called Upgrade; the outcome is logged
+	// (Logger) and counted in Stats. New installs the handler before it
+	// returns, and keeps it for the life of the process, so that from
+	// New on the signal never kills the process: not a new generation
+	// that has just been announced as the serving one (PID file,
+	// MAINPID=), nor an old one that is draining (the signal is then
+	// refused with ErrUpgraded and logged). A program that handles the
+	// upgrade signal itself must call signal.Notify before New for the
+	// same reason; the library cannot tell when its goroutine has run.
+	UpgradeSignal os.Signal
 	// DrainTimeout, if positive, bounds how long this generation drains
 	// after an upgrade succeeded: then the library sends it SIGTERM, and
 	// SIGKILL after a grace of min(5s, DrainTimeout), whatever the
@@ -105,6 +118,7 @@ type Upgrader struct {
 
 	readyOnce sync.Once
 	readyErr  error
+	readyReqC chan chan<- error
 	readyC    chan struct{}
 	stopOnce  sync.Once
 	stopC     chan struct{}
@@ -146,6 +160,12 @@ func New(opts Options) (*Upgrader, error) {
 }
 
 func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
+	var upgradeSignal chan os.Signal
+	if opts.UpgradeSignal != nil {
+		// First of all: from here on the signal cannot kill.
+		upgradeSignal = make(chan os.Signal, 1)
+		signal.Notify(upgradeSignal, opts.UpgradeSignal)
+	}
 	if opts.UpgradeTimeout <= 0 {
 		opts.UpgradeTimeout = DefaultUpgradeTimeout
 	}
@@ -158,15 +178,16 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 		return nil, err
 	}
 	u := &Upgrader{
-		Fds:      newFds(inherited, opts.ListenConfig, log),
-		opts:     opts,
-		log:      log,
-		env:      env,
-		parent:   parent,
-		readyC:   make(chan struct{}),
-		stopC:    make(chan struct{}),
-		upgradeC: make(chan chan<- error),
-		exitC:    make(chan struct{}),
+		Fds:       newFds(inherited, opts.ListenConfig, log),
+		opts:      opts,
+		log:       log,
+		env:       env,
+		parent:    parent,
+		readyC:    make(chan struct{}),
+		readyReqC: make(chan chan<- error),
+		stopC:     make(chan struct{}),
+		upgradeC:  make(chan chan<- error),
+		exitC:     make(chan struct{}),
 	}
 	if parent != nil {
 		log.Info("tableflip: inherited from parent", "parent_pid", parent.pid, "sockets", len(inherited))
@@ -176,10 +197,30 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 	u.initSystemd()
 	if err := u.initControl(); err != nil {
 		u.abandon(err)
+		if upgradeSignal != nil {
+			signal.Stop(upgradeSignal)
+		}
 		return nil, err
 	}
 	go u.run()
+	if upgradeSignal != nil {
+		go u.upgradeOnSignal(upgradeSignal)
+	}
 	return u, nil
+}
+
+// upgradeOnSignal upgrades on each signal that arrives on sig, for the
+// life of the process. The signals that arrive during an upgrade are
+// merged into one: that one is refused as in progress, or starts the next
+// upgrade if it comes after.
+func (u *Upgrader) upgradeOnSignal(sig <-chan os.Signal) {
+	for s := range sig {
+		u.log.Info("tableflip: upgrade requested by signal", "signal", s.String())
+		// The run loop logs a refusal or a failure.
+		if err := u.Upgrade(); errors.Is(err, ErrUpgraded) || errors.Is(err, ErrStopped) {
+			u.log.Info("tableflip: upgrade signal ignored", "reason", err)
+		}
+	}
 }
 
 // abandon closes what New took when it fails after taking it, leaving
@@ -194,58 +235,55 @@ func (u *Upgrader) abandon(err error) {
 // Ready signals that the current process is ready to accept connections.
 // It must be called to finish the upgrade.
 //
-// Ready closes inherited sockets and files that were not asked for. In a
-// new generation it then tells the parent, and once the parent has
-// acknowledged, writes the PID file: an error before the acknowledgement
-// leaves the parent serving and the PID file untouched. If the parent
-// exits before it acknowledges, Ready returns an error wrapping
-// ErrParentExited.
+// Ready closes inherited sockets and files that were not asked for. A
+// first generation then writes the PID file. A new generation tells its
+// parent, which writes the new generation's pid to the PID file and
+// acknowledges; an error before the acknowledgement leaves the parent
+// serving and the PID file naming it. If the parent exits before it
+// acknowledges, Ready returns an error wrapping ErrParentExited.
 //
-// Calling Ready again returns the first call's result.
+// Until Ready has succeeded, the listeners that a new generation inherited
+// do not accept: connections wait in the kernel's queue, which the parent
+// serves meanwhile, so a new generation that dies while it initialises
+// loses none of them. (They accept, too, once Ready has failed with
+// ErrParentExited: nobody else is left to.)
+//
+// Ready after Stop returns ErrStopped and takes nothing over. Calling
+// Ready again returns the first call's result.
 func (u *Upgrader) Ready() error {
 	u.readyOnce.Do(func() {
-		u.readyErr = u.ready()
-		if u.readyErr == nil {
-			u.sdReady()
-			close(u.readyC)
+		reply := make(chan error, 1)
+		select {
+		case u.readyReqC <- reply:
+			u.readyErr = <-reply
+		case <-u.exitC:
+			// Stopped, or (with no Ready, impossible) upgraded.
+			u.readyErr = ErrStopped
 		}
 	})
 	return u.readyErr
 }
 
+// ready makes this generation the serving one. The run loop calls it.
 func (u *Upgrader) ready() error {
 	stale := u.Fds.closeInherited()
-	pid, err := newPIDFile(u.opts.PIDFile, u.env.wd)
-	if err != nil {
-		err = fmt.Errorf("tableflip: can't write PID file: %w", err)
-		if u.parent != nil {
-			u.parent.refuse(err)
+	if u.parent == nil {
+		if err := writePIDFile(pidPath(u.opts.PIDFile, u.env.wd), os.Getpid()); err != nil {
+			return err
 		}
-		return err
-	}
-	if u.parent != nil {
-		if err := u.parent.ready(); err != nil {
-			pid.abandon()
+		u.log.Info("tableflip: ready", "pid", os.Getpid())
+	} else {
+		grace := min(killGrace, u.opts.UpgradeTimeout)
+		if err := u.parent.ready(pidPath(u.opts.PIDFile, u.env.wd), u.stopC, grace); err != nil {
 			return err
 		}
 		u.log.Info("tableflip: ready; parent acknowledged", "pid", os.Getpid(), "parent_pid", u.parent.pid)
-	} else {
-		u.log.Info("tableflip: ready", "pid", os.Getpid())
 	}
 	// Only now that the parent stops serving is nobody left on the
 	// sockets this generation did not ask for: a stale socket file would
 	// only make clients wait for nothing.
 	for _, path := range stale {
 		unlinkUnixSocket(path)
-	}
-	if err := pid.commit(); err != nil {
-		if u.parent == nil {
-			return fmt.Errorf("tableflip: can't write PID file: %w", err)
-		}
-		// The parent has handed over and is on its way out: failing
-		// Ready now would leave nobody able to upgrade. The file was
-		// written beside its path, so this takes a rename that fails.
-		u.log.Error("tableflip: can't put the PID file in place", "error", err)
 	}
 	return nil
 }
@@ -333,6 +371,7 @@ func (u *Upgrader) run() {
 	var (
 		parentExited <-chan struct{}
 		notReady     = u.readyC
+		serving      bool
 	)
 	if u.parent != nil {
 		parentExited = u.parent.exited
@@ -343,54 +382,47 @@ func (u *Upgrader) run() {
 			parentExited = nil
 			u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
 
-		case <-notReady:
-			notReady = nil
+		case reply := <-u.readyReqC:
+			if closed(u.stopC) {
+				// Stop came first: take nothing over. The stop
+				// case below closes up.
+				reply <- ErrStopped
+				continue
+			}
+			err := u.ready()
+			if err == nil || errors.Is(err, ErrParentExited) {
+				// This generation serves from now on: its
+				// listeners accept, and a Stop is final. With
+				// ErrParentExited nobody else is left to.
+				u.Fds.openGate()
+				serving = true
+			}
+			if err == nil {
+				notReady = nil
+				close(u.readyC)
+				u.sdReady()
+			}
+			reply <- err
 
 		case <-u.stopC:
 			// A new generation that never became ready leaves the
-			// socket files to the parent, which serves on them.
+			// socket files to the parent, which serves on them, and
+			// tells it at once.
 			// (After a successful upgrade this loop has returned:
 			// a Stop then only closes Exit, which is closed.)
-			u.Fds.closeUsed(u.parent == nil || closed(u.readyC))
+			final := u.parent == nil || serving
+			if !final {
+				u.parent.refuse(ErrStopped)
+			}
+			u.Fds.closeUsed(final)
 			removePIDFile(u.opts.PIDFile, u.env.wd)
 			u.sdStopping()
 			return
 
 		case request := <-u.upgradeC:
-			if notReady != nil && closed(notReady) {
-				// Ready may have returned before this loop saw it:
-				// an upgrade asked for after it is never refused.
-				notReady = nil
-			}
-			switch {
-			case notReady != nil:
-				request <- ErrNotReady
-				continue
-			case parentExited != nil && !u.multiGeneration():
-				// WaitForParent may have seen the exit before
-				// this loop did, and the parent may have exited a
-				// moment before its end of file arrived: an
-				// upgrade asked for after the parent is gone is
-				// never refused.
-				select {
-				case <-parentExited:
-					parentExited = nil
-					u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
-				default:
-					if processGone(u.parent.pid) {
-						parentExited = nil
-						u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
-						break
-					}
-					u.sdRefused(ErrParentRunning)
-					request <- ErrParentRunning
-					continue
-				}
-			case u.multiGeneration() && u.atGenerationCap():
-				// systemctl reload waits for an answer to its
-				// RELOADING=1 under Type=notify-reload.
-				u.sdRefused(ErrTooManyGenerations)
-				request <- ErrTooManyGenerations
+			if err := u.refusal(notReady != nil, &parentExited); err != nil {
+				u.log.Warn("tableflip: upgrade refused", "reason", err)
+				request <- err
 				continue
 			}
 			err := u.upgrade()
@@ -402,6 +434,37 @@ func (u *Upgrader) run() {
 			}
 		}
 	}
+}
+
+// refusal says why an upgrade asked for now is refused, or nil if it may
+// go ahead. Only the run loop calls it; it clears *parentExited if it
+// finds that the parent has exited.
+func (u *Upgrader) refusal(notReady bool, parentExited *<-chan struct{}) error {
+	switch {
+	case notReady:
+		return ErrNotReady
+	case *parentExited != nil && !u.multiGeneration():
+		// WaitForParent may have seen the exit before the run loop
+		// did, and the parent may have exited a moment before its end
+		// of file arrived: an upgrade asked for after the parent is
+		// gone is never refused.
+		select {
+		case <-*parentExited:
+		default:
+			if !processGone(u.parent.pid) {
+				u.sdRefused(ErrParentRunning)
+				return ErrParentRunning
+			}
+		}
+		*parentExited = nil
+		u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+	case u.multiGeneration() && u.atGenerationCap():
+		// systemctl reload waits for an answer to its RELOADING=1
+		// under Type=notify-reload.
+		u.sdRefused(ErrTooManyGenerations)
+		return ErrTooManyGenerations
+	}
+	return nil
 }
 
 // upgrade runs one upgrade, refusing others meanwhile.
@@ -453,6 +516,9 @@ type osEnv struct {
 	unsetenv  func(string) error
 	environ   func() []string
 	getppid   func() int
+	// parentReaps reports whether a new generation should be started
+	// as a sibling of this process (see proc.ParentReaps).
+	parentReaps func() bool
 	// args are the program's arguments, as it was started.
 	args []string
 	// wd is the working directory the program started in.
@@ -465,7 +531,8 @@ var stdEnv = func() *osEnv {
 		lookupEnv: os.LookupEnv,
 		unsetenv:  os.Unsetenv,
 		environ:   os.Environ,
-		getppid:   os.Getppid,
+		getppid:     os.Getppid,
+		parentReaps: proc.ParentReaps,
 		args:      os.Args,
 		wd:        wd,
 	}
