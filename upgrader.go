@@ -528,13 +528,13 @@ type osEnv struct {
 var stdEnv = func() *osEnv {
 	wd, _ := os.Getwd()
 	return &osEnv{
-		lookupEnv: os.LookupEnv,
-		unsetenv:  os.Unsetenv,
-		environ:   os.Environ,
+		lookupEnv:   os.LookupEnv,
+		unsetenv:    os.Unsetenv,
+		environ:     os.Environ,
 		getppid:     os.Getppid,
 		parentReaps: proc.ParentReaps,
-		args:      os.Args,
-		wd:        wd,
+		args:        os.Args,
+		wd:          wd,
 	}
 }()
 
