@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -35,6 +36,8 @@ import (
 //	hang                  hang after New, before Listen
 //	upgrade-before-ready  call Upgrade after Listen, before Ready
 //	exit-after-listen     Listen (every socket), then give up before Ready
+//	stop-before-ready     Listen, Stop, then call Ready
+//	serve-then-hang       Listen and serve, then hang before Ready
 //	lowfd-child           lower its own descriptor limit before New
 //
 // It upgrades on SIGHUP (each signal it sees is answered by an event line
@@ -188,6 +191,24 @@ func helperFaultServer() int {
 	switch mode {
 	case "upgrade-before-ready":
 		say("early-upgrade %s", answer(upg.Upgrade()))
+	case "stop-before-ready":
+		upg.Stop()
+	case "serve-then-hang":
+		// As the README's program does, serve before Ready; then
+		// never get ready.
+		for _, l := range lns {
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					go faultCommands(upg, ln, c)
+				}
+			}()
+		}
+		say("serving before ready")
+		select {}
 	case "exit-after-listen":
 		say("giving-up")
 		// Stop, and wait for it to be done, as a program that
@@ -378,10 +399,12 @@ type load struct {
 	failed atomic.Int64
 	mu     sync.Mutex
 	errs   []string
+	// pids counts the answers by the pid that gave them.
+	pids map[int]int
 }
 
 func startLoad(addr string) *load {
-	l := &load{stop: make(chan struct{}), done: make(chan struct{})}
+	l := &load{stop: make(chan struct{}), done: make(chan struct{}), pids: map[int]int{}}
 	go func() {
 		defer close(l.done)
 		for {
@@ -390,40 +413,50 @@ func startLoad(addr string) *load {
 				return
 			default:
 			}
-			if err := askPID(addr); err != nil {
+			pid, err := askPID(addr)
+			l.mu.Lock()
+			if err != nil {
 				l.failed.Add(1)
-				l.mu.Lock()
 				if len(l.errs) < 5 {
 					l.errs = append(l.errs, err.Error())
 				}
-				l.mu.Unlock()
 			} else {
 				l.ok.Add(1)
+				l.pids[pid]++
 			}
+			l.mu.Unlock()
 		}
 	}()
 	return l
 }
 
-func askPID(addr string) error {
+func askPID(addr string) (int, error) {
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer c.Close()
 	// A deadline bounds a failure; it does not synchronise anything.
 	c.SetDeadline(time.Now().Add(time.Minute))
 	if _, err := io.WriteString(c, "pid\n"); err != nil {
-		return err
+		return 0, err
 	}
 	b, err := io.ReadAll(c)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
-		return fmt.Errorf("answer %q", b)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("answer %q", b)
 	}
-	return nil
+	return pid, nil
+}
+
+// answeredBy returns how many answers each pid gave so far.
+func (l *load) answeredBy() map[int]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.pids)
 }
 
 // finish stops the client and returns how many requests succeeded.
