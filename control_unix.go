@@ -3,7 +3,6 @@
 package tableflip
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -68,25 +66,8 @@ func (l *controlListener) Addr() net.Addr { return l.addr }
 // a socket, or a socket that some process serves. A socket nobody serves
 // is left behind by a process that died, and is replaced.
 func checkStaleSocket(path string) error {
-	info, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if info.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("%s is served by another process", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
+	_, err := staleSocket("unix", path)
+	return err
 }
 
 // lookupGroup returns the gid of a group name or number, or -1 for "".

@@ -54,7 +54,10 @@ var ErrHandover = errors.New("tableflip: handover failed")
 type ChildError struct {
 	// PID of the new generation.
 	PID int
-	// ExitCode is the process's exit status, or -1 if a signal ended it.
+	// ExitCode is the process's exit status, or -1 if a signal ended it
+	// or the status is not known (a new generation started as a sibling,
+	// see Upgrade, on a kernel before Linux 6.15 whose service manager
+	// reaped it before this process could read it).
 	ExitCode int
 	// Signal is the signal that ended the process, or 0.
 	Signal syscall.Signal
@@ -66,8 +69,11 @@ type ChildError struct {
 // Error describes the failure.
 func (e *ChildError) Error() string {
 	status := fmt.Sprintf("exit status %d", e.ExitCode)
-	if e.Signal != 0 {
+	switch {
+	case e.Signal != 0:
 		status = "killed by signal " + e.Signal.String()
+	case e.ExitCode < 0:
+		status = "exit status unknown"
 	}
 	return fmt.Sprintf("%v (pid %d, %s)", e.Err, e.PID, status)
 }

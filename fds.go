@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/seed589fcc9d/tableflip/internal/handover"
 )
@@ -288,7 +289,55 @@ func (f *Fds) Listen(network, addr string) (net.Listener, error) {
 }
 
 func (f *Fds) newListener(network, addr string) (net.Listener, error) {
-	return f.lc.Listen(context.Background(), network, addr)
+	ln, err := f.lc.Listen(context.Background(), network, addr)
+	if err != nil && f.removedStale(network, addr, err) {
+		ln, err = f.lc.Listen(context.Background(), network, addr)
+	}
+	return ln, err
+}
+
+// removedStale removes the socket file at addr if err says it is in the
+// way and no process serves it: a generation killed before it could clean
+// up left it, and it must not stop the next start. It reports whether it
+// removed one.
+func (f *Fds) removedStale(network, addr string, err error) bool {
+	k := key{handover.KindListener, network, addr}
+	if network == "unixgram" {
+		k.kind = handover.KindPacketConn
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) || !k.isUnixFile() {
+		return false
+	}
+	stale, serr := staleSocket(network, addr)
+	if serr != nil || !stale {
+		return false
+	}
+	f.log.Warn("tableflip: removing a socket file that nobody serves", "path", addr)
+	return os.Remove(addr) == nil
+}
+
+// staleSocket reports whether path is a socket file that no process
+// serves (connecting to it is refused); an error says what else is there.
+func staleSocket(network, path string) (bool, error) {
+	info, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if info.Mode()&os.ModeSocket == 0 {
+		return false, fmt.Errorf("%s exists and is not a socket", path)
+	}
+	c, err := net.DialTimeout(network, path, time.Second)
+	if err == nil {
+		c.Close()
+		return false, fmt.Errorf("%s is served by another process", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return false, fmt.Errorf("%s: %w", path, err)
+	}
+	return true, nil
 }
 
 // ListenWithCallback returns a listener inherited from the parent process,
@@ -358,7 +407,11 @@ func (f *Fds) ListenPacket(network, addr string) (net.PacketConn, error) {
 }
 
 func (f *Fds) newPacketConn(network, addr string) (net.PacketConn, error) {
-	return f.lc.ListenPacket(context.Background(), network, addr)
+	pc, err := f.lc.ListenPacket(context.Background(), network, addr)
+	if err != nil && f.removedStale(network, addr, err) {
+		pc, err = f.lc.ListenPacket(context.Background(), network, addr)
+	}
+	return pc, err
 }
 
 // ListenPacketWithCallback returns a packet conn inherited from the parent

@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"time"
 )
 
 // upgradesSupported is false: there is no way to hand a socket to a new
@@ -27,7 +28,7 @@ type childLink struct{}
 
 func inherit(*osEnv, *slog.Logger) (*parentLink, []*entry, error) { return nil, nil, nil }
 
-func (*parentLink) ready() error { return nil }
+func (*parentLink) ready(string, <-chan struct{}, time.Duration) error { return nil }
 func (*parentLink) refuse(error) {}
 
 func (u *Upgrader) startChild(context.Context) error { return ErrNotSupported }

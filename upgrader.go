@@ -308,8 +308,9 @@ func (u *Upgrader) Stop() {
 
 // WaitForParent blocks until the parent has exited. It returns nil at
 // once if there is no parent, an error wrapping ErrParentExited if the
-// parent exited before it acknowledged this process, and ctx.Err() if ctx
-// ends first.
+// parent exited before it acknowledged this process, one wrapping
+// ErrHandover at once if the parent refused it (it could not write the PID
+// file), and ctx.Err() if ctx ends first.
 func (u *Upgrader) WaitForParent(ctx context.Context) error {
 	if u.parent == nil {
 		return nil
@@ -333,11 +334,25 @@ func (u *Upgrader) HasParent() bool {
 // failed. It returns nil once the new generation is ready; then Exit is
 // closed and this process should stop serving.
 //
+// By the time Upgrade returns nil, the PID file (Options.PIDFile, or the
+// new generation's own if its program names another) names the new
+// generation, and systemd has been told (Options.Systemd).
+//
 // Errors can be told apart with errors.Is: ErrNotReady, ErrUpgradeInProgress,
-// ErrParentRunning, ErrStopped and ErrUpgraded refuse the upgrade without
-// starting anything; a *ChildError reports a new generation that failed,
-// and ErrNotSupported a platform without upgrades. Whatever the error, this
-// process keeps serving.
+// ErrParentRunning, ErrTooManyGenerations, ErrStopped and ErrUpgraded
+// refuse the upgrade without starting anything; a *ChildError reports a
+// new generation that failed, and ErrNotSupported a platform without
+// upgrades. Whatever the error, this process keeps serving.
+//
+// On Linux, when this process's parent is a service manager (pid 1 of its
+// pid namespace, or the systemd user manager named by $MANAGERPID), the
+// new generation is started as a child of that parent rather than of this
+// process (clone with CLONE_PARENT). So systemd supervises every
+// generation as it does the first: when the main PID moves to the new
+// generation, systemd watches it as its own child, and a stop waits for it
+// to drain rather than going straight to SIGKILL (systemd does not wait
+// for a main process that is not its child). docs/faults.md says what
+// that choice was measured against.
 func (u *Upgrader) Upgrade() error {
 	return u.requestUpgrade(u.exitC)
 }
