@@ -29,6 +29,6 @@ type childLink struct{}
 func inherit(*osEnv, *slog.Logger) (*parentLink, []*entry, error) { return nil, nil, nil }
 
 func (*parentLink) ready(string, <-chan struct{}, time.Duration) error { return nil }
-func (*parentLink) refuse(error) {}
+func (*parentLink) refuse(error)                                       {}
 
 func (u *Upgrader) startChild(context.Context) error { return ErrNotSupported }

@@ -141,9 +141,10 @@ var (
 // New creates a new Upgrader. Files are passed from the parent and may be
 // empty.
 //
-// Only the first call to this function will succeed. It may return
-// ErrNotSupported on platforms that cannot upgrade; on those it still
-// returns a working Upgrader that creates fresh sockets.
+// Only the first call to this function will succeed. On platforms that
+// cannot upgrade (see ErrNotSupported) it succeeds too, and returns an
+// Upgrader that creates fresh sockets and whose Upgrade returns
+// ErrNotSupported.
 func New(opts Options) (*Upgrader, error) {
 	stdMu.Lock()
 	defer stdMu.Unlock()
