@@ -1,5 +1,3 @@
-//go:build unix
-
 package tableflip
 
 import (
@@ -12,13 +10,12 @@ import (
 	"time"
 
 	"github.com/seed589fcc9d/tableflip/internal/handover"
-	"golang.org/x/sys/unix"
 )
 
-// This file is the new generation's side of the handover.
-
-// upgradesSupported: every unix can pass descriptors over Unix sockets.
-const upgradesSupported = true
+// The new generation's side of the handover (upgrade.go is the other):
+// inherit, in New, reads what the parent passed on; ready, when the
+// program calls Ready, tells the parent and waits for its
+// acknowledgement; watch learns when the parent exits.
 
 // parentLink is the new generation's connection to the process that
 // started it.
@@ -71,7 +68,6 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 			"named_pid", he.PID, "parent_pid", ppid)
 		return nil, nil, nil
 	}
-	unix.CloseOnExec(he.FD)
 	conn, cerr := handover.NewConn(he.FD)
 	if cerr != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrHandover, cerr)
@@ -104,7 +100,7 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 	}
 	entries := make([]*entry, len(fds))
 	for i, e := range hello.Entries {
-		entries[i] = &entry{key: key{e.Kind, e.Network, e.Addr}, bound: e.Bound, fd: fds[i]}
+		entries[i] = &entry{key: key{e.Kind, e.Network, e.Addr}, bound: e.Bound, held: e.Held, fd: fds[i]}
 	}
 	entries, state, err := takeState(entries)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip/internal/dup"
 	"github.com/seed589fcc9d/tableflip/internal/handover"
 )
 
@@ -57,7 +58,7 @@ func (k key) String() string {
 	}
 }
 
-// isUnix reports whether k is a Unix socket with a file in the file
+// isUnixFile reports whether k is a Unix socket with a file in the file
 // system (abstract sockets have none).
 func (k key) isUnixFile() bool {
 	switch {
@@ -89,6 +90,10 @@ type entry struct {
 	// fromParent is set on what the parent passed: a socket the parent
 	// still serves on.
 	fromParent bool
+	// held is set on a Unix socket whose file belongs to systemd (socket
+	// activation or the fd store): it is never removed. It is passed on
+	// with the entry.
+	held bool
 
 	// An inherited socket is made into its net object once (see
 	// prepare): obj and convErr are set when conv is done.
@@ -115,14 +120,23 @@ type Fds struct {
 	lc   *net.ListenConfig
 	log  *slog.Logger
 
-	// activated are the sockets systemd passed that nobody has asked
-	// for yet (see SystemdOptions).
-	activated sdFds
+	// extra hands out what the parent did not pass: the sockets
+	// systemd passed (see SystemdOptions), or nil.
+	extra source
 
 	// gate is closed once the listeners inherited from a parent may
 	// accept (see listener).
 	gate     chan struct{}
 	gateOnce sync.Once
+}
+
+// source hands out sockets that the parent did not pass: systemd's (see
+// SystemdOptions). Fds calls it with f.mu held.
+type source interface {
+	// take returns the entry for k, or nil.
+	take(k key) *entry
+	// close closes what nobody took.
+	close()
 }
 
 // alwaysOpen is a gate that is always open.
@@ -176,14 +190,14 @@ func prepare(entries []*entry) {
 // the descriptor. Files stay descriptors.
 func (e *entry) convert() {
 	e.conv.Do(func() {
-		var make func(*os.File) (io.Closer, error)
+		var fromFile func(*os.File) (io.Closer, error)
 		switch e.kind {
 		case handover.KindListener:
-			make = func(f *os.File) (io.Closer, error) { return net.FileListener(f) }
+			fromFile = func(f *os.File) (io.Closer, error) { return net.FileListener(f) }
 		case handover.KindPacketConn:
-			make = func(f *os.File) (io.Closer, error) { return net.FilePacketConn(f) }
+			fromFile = func(f *os.File) (io.Closer, error) { return net.FilePacketConn(f) }
 		case handover.KindConn:
-			make = func(f *os.File) (io.Closer, error) { return net.FileConn(f) }
+			fromFile = func(f *os.File) (io.Closer, error) { return net.FileConn(f) }
 		default:
 			return
 		}
@@ -192,7 +206,7 @@ func (e *entry) convert() {
 		// serves on never turns blocking.
 		file := os.NewFile(uintptr(e.fd), e.key.String())
 		e.fd = -1
-		e.obj, e.convErr = make(file)
+		e.obj, e.convErr = fromFile(file)
 		file.Close()
 		if e.convErr != nil {
 			e.convErr = fmt.Errorf("tableflip: can't use inherited %s: %w", e.key, e.convErr)
@@ -238,12 +252,36 @@ func (f *Fds) take(k key) *entry {
 	}
 	if len(list) == 0 {
 		delete(f.inherited, k)
-		return f.takeActivated(k)
+		if f.extra != nil {
+			return f.extra.take(k)
+		}
+		return nil
 	}
 	e := list[0]
 	e.taken = true
 	f.inherited[k] = list[1:]
 	return e
+}
+
+// setSource makes s the source of sockets that the parent did not pass.
+func (f *Fds) setSource(s source) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.extra = s
+}
+
+// inheritedKeys lists the names under which the parent passed sockets and
+// files.
+func (f *Fds) inheritedKeys() []key {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var keys []key
+	for _, list := range f.inherited {
+		for _, e := range list {
+			keys = append(keys, e.key)
+		}
+	}
+	return keys
 }
 
 // use records e as passed on.
@@ -269,14 +307,14 @@ func (f *Fds) replace(e *entry) {
 // concurrent Add under the same name would close the original.
 func (e *entry) dup() (int, error) {
 	if e.fd >= 0 {
-		return dupFD(e.fd)
+		return dup.FD(e.fd)
 	}
-	return dupConn(e.owner)
+	return dup.Conn(e.owner)
 }
 
 func (e *entry) close() {
 	if e.fd >= 0 {
-		closeFD(e.fd)
+		dup.Close(e.fd)
 		e.fd = -1
 	}
 }
@@ -516,7 +554,7 @@ func (f *Fds) File(name string) (*os.File, error) {
 		return nil, nil
 	}
 	f.use(e)
-	return dupFile(e.fd, name)
+	return dup.File(e.fd, name)
 }
 
 // Files returns duplicates of all files inherited from the parent process
@@ -536,7 +574,7 @@ func (f *Fds) Files() ([]*os.File, error) {
 	for _, k := range inherited {
 		for e := f.take(k); e != nil; e = f.take(k) {
 			f.use(e)
-			file, err := dupFile(e.fd, k.addr)
+			file, err := dup.File(e.fd, k.addr)
 			if err != nil {
 				for _, file := range files {
 					file.Close()
@@ -561,7 +599,7 @@ func (f *Fds) addLocked(k key, c syscall.Conn) error {
 	if ul, ok := c.(interface{ SetUnlinkOnClose(bool) }); ok {
 		ul.SetUnlinkOnClose(false)
 	}
-	fd, err := dupConn(c)
+	fd, err := dup.Conn(c)
 	if err != nil {
 		return fmt.Errorf("tableflip: can't duplicate %s: %w", k, err)
 	}
@@ -614,13 +652,15 @@ type passed struct {
 
 func (p *passed) close() {
 	for _, fd := range p.dups {
-		closeFD(fd)
+		dup.Close(fd)
 	}
 }
 
-// collect lists what the next generation inherits. Sockets the program
-// has closed are dropped.
-func (f *Fds) collect() (*passed, error) {
+// collect lists what the next generation inherits, in duplicates that
+// p.close closes. Sockets the program has closed are dropped. With hold,
+// the Unix socket files of what is listed become systemd's (see entry.held):
+// it is about to keep them in its fd store.
+func (f *Fds) collect(hold bool) (*passed, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
@@ -631,7 +671,7 @@ func (f *Fds) collect() (*passed, error) {
 	var dupErr error
 	f.used = slices.DeleteFunc(f.used, func(e *entry) bool {
 		fd, err := e.dup()
-		if errors.Is(err, errClosed) {
+		if errors.Is(err, dup.ErrClosed) {
 			f.log.Debug("tableflip: not passing on a closed socket", "socket", e.key.String())
 			return true
 		}
@@ -641,8 +681,11 @@ func (f *Fds) collect() (*passed, error) {
 			}
 			return false
 		}
+		if hold && e.isUnixFile() {
+			e.held = true
+		}
 		p.dups = append(p.dups, fd)
-		p.entries = append(p.entries, handover.Entry{Kind: e.kind, Network: e.network, Addr: e.addr, Bound: e.bound})
+		p.entries = append(p.entries, handover.Entry{Kind: e.kind, Network: e.network, Addr: e.addr, Bound: e.bound, Held: e.held})
 		p.fds = append(p.fds, fd)
 		return false
 	})
@@ -665,7 +708,7 @@ func (f *Fds) closeInherited() (stale []string) {
 			if e.taken {
 				continue
 			}
-			if k == e.key && k.isUnixFile() && !e.heldBySystemd() {
+			if k == e.key && k.isUnixFile() && !e.held {
 				stale = append(stale, k.addr)
 			}
 			e.conv.Do(func() {}) // waits for a conversion under way
@@ -676,7 +719,9 @@ func (f *Fds) closeInherited() (stale []string) {
 			e.close()
 		}
 	}
-	f.closeActivated()
+	if f.extra != nil {
+		f.extra.close()
+	}
 	clear(f.inherited)
 	return stale
 }
@@ -687,7 +732,7 @@ func (f *Fds) closeUsed(final bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, e := range f.used {
-		if final && e.isUnixFile() && !e.heldBySystemd() {
+		if final && e.isUnixFile() && !e.held {
 			unlinkUnixSocket(e.addr)
 		}
 		e.close()

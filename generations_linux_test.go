@@ -143,7 +143,7 @@ func serveGeneration(upg *Upgrader, c net.Conn) {
 		}
 	case "upgrade":
 		if err := upg.Upgrade(); err != nil {
-			fmt.Fprintf(c, "error %s %v\n", reason(err), err)
+			fmt.Fprintf(c, "error %s %v\n", controlError(err).Reason, err)
 		} else {
 			fmt.Fprintln(c, "ok")
 		}

@@ -2,15 +2,11 @@ package tableflip
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 )
-
-// errPIDFile is wrapped by the errors of writing a PID file.
-var errPIDFile = errors.New("tableflip: can't write PID file")
 
 // pidPath makes path absolute, taking a relative one from wd.
 func pidPath(path, wd string) string {

@@ -3,14 +3,17 @@ package tableflip
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip/internal/handover"
 	"github.com/seed589fcc9d/tableflip/internal/proc"
 )
 
@@ -98,10 +101,6 @@ type Options struct {
 	DrainTimeout time.Duration
 }
 
-// killGrace is how long a new generation that missed its deadline has
-// between SIGTERM and SIGKILL.
-const killGrace = 5 * time.Second
-
 // Upgrader handles zero downtime upgrades and passing files between
 // processes.
 type Upgrader struct {
@@ -110,11 +109,14 @@ type Upgrader struct {
 	opts   Options
 	log    *slog.Logger
 	env    *osEnv
-	parent *parentLink
-	sd     *sdState
+	parent *parentLink // nil in a first generation
+	self   GenerationInfo
 	stats  upgradeStats
 	gens   generations
+	sd     *sdState // nil without Options.Systemd
 	ctl    *controlServer
+	// observers are told of each step of the state machine.
+	observers []observer
 
 	readyOnce sync.Once
 	readyErr  error
@@ -125,10 +127,29 @@ type Upgrader struct {
 	upgradeC  chan chan<- error
 	exitC     chan struct{}
 
-	// children keeps the handover socket of each acknowledged child
-	// open until this process exits: its end of file tells the child
-	// that the parent is gone.
-	children []*childLink
+	// successor is the new generation that the last upgrade handed
+	// over to. Its handover socket stays open until this process exits:
+	// its end of file tells the successor that this one is gone.
+	successor *childLink
+}
+
+// observer is told of each step of the state machine by the goroutine
+// that runs it (see run). Stats and systemd are observers; they watch the
+// upgrade without reaching into it, and none of them may block.
+type observer interface {
+	// ready: this generation's Ready succeeded.
+	ready()
+	// refused: an upgrade was refused before it started anything.
+	refused(err error)
+	// upgradeStarting: an upgrade begins.
+	upgradeStarting()
+	// childStarted: the new generation's process exists.
+	childStarted(pid int)
+	// upgradeDone: the upgrade ended; with err nil, the new generation
+	// pid serves from now on.
+	upgradeDone(pid int, err error)
+	// stopping: a final Stop has cleaned up.
+	stopping()
 }
 
 var (
@@ -176,6 +197,9 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 	}
 	parent, inherited, err := inherit(env, log)
 	if err != nil {
+		if upgradeSignal != nil {
+			signal.Stop(upgradeSignal)
+		}
 		return nil, err
 	}
 	u := &Upgrader{
@@ -184,6 +208,7 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 		log:       log,
 		env:       env,
 		parent:    parent,
+		self:      GenerationInfo{PID: os.Getpid(), Generation: 1, Started: time.Now()},
 		readyC:    make(chan struct{}),
 		readyReqC: make(chan chan<- error),
 		stopC:     make(chan struct{}),
@@ -191,11 +216,19 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 		exitC:     make(chan struct{}),
 	}
 	if parent != nil {
+		u.self.Generation = parent.generation + 1
+		u.self.ParentPID = parent.pid
 		log.Info("tableflip: inherited from parent", "parent_pid", parent.pid, "sockets", len(inherited))
 	}
+	u.stats.generation = u.self.Generation
+	u.gens.init(parent)
+	u.observers = append(u.observers, &u.stats)
 	// systemd first: a control socket kept in the fd store comes back
 	// through socket activation.
-	u.initSystemd()
+	if sd := newSystemd(u); sd != nil {
+		u.sd = sd
+		u.observers = append(u.observers, sd)
+	}
 	if err := u.initControl(); err != nil {
 		u.abandon(err)
 		if upgradeSignal != nil {
@@ -210,6 +243,15 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 	return u, nil
 }
 
+// abandon closes what New took when it fails after taking it, leaving
+// socket files alone (a parent may serve on them), and tells the parent.
+func (u *Upgrader) abandon(err error) {
+	u.Fds.closeInherited()
+	if u.parent != nil {
+		u.parent.refuse(err)
+	}
+}
+
 // upgradeOnSignal upgrades on each signal that arrives on sig, for the
 // life of the process. The signals that arrive during an upgrade are
 // merged into one: that one is refused as in progress, or starts the next
@@ -221,15 +263,6 @@ func (u *Upgrader) upgradeOnSignal(sig <-chan os.Signal) {
 		if err := u.Upgrade(); errors.Is(err, ErrUpgraded) || errors.Is(err, ErrStopped) {
 			u.log.Info("tableflip: upgrade signal ignored", "reason", err)
 		}
-	}
-}
-
-// abandon closes what New took when it fails after taking it, leaving
-// socket files alone (a parent may serve on them), and tells the parent.
-func (u *Upgrader) abandon(err error) {
-	u.Fds.closeInherited()
-	if u.parent != nil {
-		u.parent.refuse(err)
 	}
 }
 
@@ -258,35 +291,11 @@ func (u *Upgrader) Ready() error {
 		case u.readyReqC <- reply:
 			u.readyErr = <-reply
 		case <-u.exitC:
-			// Stopped, or (with no Ready, impossible) upgraded.
+			// Stopped: with no Ready, there was no upgrade.
 			u.readyErr = ErrStopped
 		}
 	})
 	return u.readyErr
-}
-
-// ready makes this generation the serving one. The run loop calls it.
-func (u *Upgrader) ready() error {
-	stale := u.Fds.closeInherited()
-	if u.parent == nil {
-		if err := writePIDFile(pidPath(u.opts.PIDFile, u.env.wd), os.Getpid()); err != nil {
-			return err
-		}
-		u.log.Info("tableflip: ready", "pid", os.Getpid())
-	} else {
-		grace := min(killGrace, u.opts.UpgradeTimeout)
-		if err := u.parent.ready(pidPath(u.opts.PIDFile, u.env.wd), u.stopC, grace); err != nil {
-			return err
-		}
-		u.log.Info("tableflip: ready; parent acknowledged", "pid", os.Getpid(), "parent_pid", u.parent.pid)
-	}
-	// Only now that the parent stops serving is nobody left on the
-	// sockets this generation did not ask for: a stale socket file would
-	// only make clients wait for nothing.
-	for _, path := range stale {
-		unlinkUnixSocket(path)
-	}
-	return nil
 }
 
 // Exit returns a channel that is closed when the process should exit: after
@@ -300,7 +309,9 @@ func (u *Upgrader) Exit() <-chan struct{} {
 //
 // If Stop is called before an upgrade has succeeded, the process is taken
 // to be shutting down for good: the Unix socket files of its listeners are
-// removed, and so is the PID file if it names this process.
+// removed, and so is the PID file if it names this process. A new
+// generation stopped before its Ready leaves them to its parent, which
+// serves on.
 func (u *Upgrader) Stop() {
 	u.stopOnce.Do(func() {
 		close(u.stopC)
@@ -361,7 +372,7 @@ func (u *Upgrader) Upgrade() error {
 // requestUpgrade asks the run loop for an upgrade, unless leaving is closed
 // first: then this generation is on its way out.
 func (u *Upgrader) requestUpgrade(leaving <-chan struct{}) error {
-	if !upgradesSupported {
+	if !handover.Supported {
 		return ErrNotSupported
 	}
 	response := make(chan error, 1)
@@ -379,14 +390,17 @@ func (u *Upgrader) requestUpgrade(leaving <-chan struct{}) error {
 	return <-response
 }
 
-// run owns the upgrade state machine.
+// run owns the state machine: Ready, Stop and upgrades are requests to
+// it, answered one at a time, so that each sees the outcome of the one
+// before. A generation is, in turn: not ready (its parent, if it has one,
+// serves); serving (Ready succeeded, or failed with ErrParentExited); and
+// gone (Stop, or a successful upgrade), when Exit closes.
 func (u *Upgrader) run() {
 	defer close(u.exitC)
 	defer u.stopControl()
 
 	var (
 		parentExited <-chan struct{}
-		notReady     = u.readyC
 		serving      bool
 	)
 	if u.parent != nil {
@@ -401,7 +415,7 @@ func (u *Upgrader) run() {
 		case reply := <-u.readyReqC:
 			if closed(u.stopC) {
 				// Stop came first: take nothing over. The stop
-				// case below closes up.
+				// case closes up.
 				reply <- ErrStopped
 				continue
 			}
@@ -414,30 +428,29 @@ func (u *Upgrader) run() {
 				serving = true
 			}
 			if err == nil {
-				notReady = nil
 				close(u.readyC)
-				u.sdReady()
+				u.tell(observer.ready)
 			}
 			reply <- err
 
 		case <-u.stopC:
-			// A new generation that never became ready leaves the
-			// socket files to the parent, which serves on them, and
-			// tells it at once.
-			// (After a successful upgrade this loop has returned:
-			// a Stop then only closes Exit, which is closed.)
+			// A new generation that is not serving leaves the socket
+			// files to its parent, which serves on them, and tells it
+			// at once. (After a successful upgrade this loop has
+			// returned: Stop then only closes Exit, which is closed.)
 			final := u.parent == nil || serving
 			if !final {
 				u.parent.refuse(ErrStopped)
 			}
 			u.Fds.closeUsed(final)
 			removePIDFile(u.opts.PIDFile, u.env.wd)
-			u.sdStopping()
+			u.tell(observer.stopping)
 			return
 
 		case request := <-u.upgradeC:
-			if err := u.refusal(notReady != nil, &parentExited); err != nil {
+			if err := u.refusal(closed(u.readyC), &parentExited); err != nil {
 				u.log.Warn("tableflip: upgrade refused", "reason", err)
+				u.tell(func(o observer) { o.refused(err) })
 				request <- err
 				continue
 			}
@@ -452,12 +465,45 @@ func (u *Upgrader) run() {
 	}
 }
 
+// tell calls f on every observer.
+func (u *Upgrader) tell(f func(observer)) {
+	for _, o := range u.observers {
+		f(o)
+	}
+}
+
+// ready makes this generation the serving one. The run loop calls it.
+func (u *Upgrader) ready() error {
+	stale := u.Fds.closeInherited()
+	pidFile := pidPath(u.opts.PIDFile, u.env.wd)
+	if u.parent == nil {
+		if err := writePIDFile(pidFile, os.Getpid()); err != nil {
+			return err
+		}
+		u.log.Info("tableflip: ready", "pid", os.Getpid())
+	} else {
+		// The parent writes the PID file, before it acknowledges.
+		grace := min(killGrace, u.opts.UpgradeTimeout)
+		if err := u.parent.ready(pidFile, u.stopC, grace); err != nil {
+			return err
+		}
+		u.log.Info("tableflip: ready; parent acknowledged", "parent_pid", u.parent.pid)
+	}
+	// Only now that the parent stops serving is nobody left on the
+	// sockets this generation did not ask for: a stale socket file would
+	// only make clients wait for nothing.
+	for _, path := range stale {
+		unlinkUnixSocket(path)
+	}
+	return nil
+}
+
 // refusal says why an upgrade asked for now is refused, or nil if it may
-// go ahead. Only the run loop calls it; it clears *parentExited if it
-// finds that the parent has exited.
-func (u *Upgrader) refusal(notReady bool, parentExited *<-chan struct{}) error {
+// go ahead: the one place that decides. Only the run loop calls it; it
+// clears *parentExited if it finds that the parent has exited.
+func (u *Upgrader) refusal(ready bool, parentExited *<-chan struct{}) error {
 	switch {
-	case notReady:
+	case !ready:
 		return ErrNotReady
 	case *parentExited != nil && !u.multiGeneration():
 		// WaitForParent may have seen the exit before the run loop
@@ -467,62 +513,30 @@ func (u *Upgrader) refusal(notReady bool, parentExited *<-chan struct{}) error {
 		select {
 		case <-*parentExited:
 		default:
-			if !processGone(u.parent.pid) {
-				u.sdRefused(ErrParentRunning)
-				return ErrParentRunning
+			if !proc.Gone(u.parent.pid) {
+				return fmt.Errorf("%w (pid %d is draining; Options.MaxGenerations above 1 lets a new upgrade start meanwhile, and Options.DrainTimeout bounds the drain)",
+					ErrParentRunning, u.parent.pid)
 			}
 		}
 		*parentExited = nil
 		u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
-	case u.multiGeneration() && u.atGenerationCap():
-		// systemctl reload waits for an answer to its RELOADING=1
-		// under Type=notify-reload.
-		u.sdRefused(ErrTooManyGenerations)
-		return ErrTooManyGenerations
+	case u.multiGeneration():
+		if older := u.gens.live(); len(older)+2 > u.opts.MaxGenerations {
+			pids := make([]string, len(older))
+			for i, g := range older {
+				pids[i] = fmt.Sprint(g.PID)
+			}
+			return fmt.Errorf("%w: %d alive (this one and %d draining: pid %s), and a new one would exceed Options.MaxGenerations (%d); ask again once one has exited (Options.DrainTimeout bounds how long that takes)",
+				ErrTooManyGenerations, len(older)+1, len(older), strings.Join(pids, ", "), u.opts.MaxGenerations)
+		}
 	}
 	return nil
 }
 
-// upgrade runs one upgrade, refusing others meanwhile.
-func (u *Upgrader) upgrade() (err error) {
-	start := time.Now()
-	u.stats.upgradeStarted()
-	defer func() { u.stats.upgradeFinished(err, u.childPID(), start) }()
-	u.log.Info("tableflip: upgrade starting")
-	u.sdUpgradeStarting()
-	result := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { result <- u.startChild(ctx) }()
-	for {
-		select {
-		case request := <-u.upgradeC:
-			request <- ErrUpgradeInProgress
-		case <-u.stopC:
-			// Refuse further requests while the child is taken down.
-			cancel()
-			if err := <-result; err == nil {
-				// The child was acknowledged before the stop
-				// reached it: it serves now, so this is an
-				// upgrade, and no final clean-up must follow.
-				u.log.Info("tableflip: upgrade succeeded as Stop was called", "duration", time.Since(start))
-				return nil
-			}
-			// Leave stopC to the run loop, which closes up.
-			return ErrStopped
-		case err := <-result:
-			if err != nil {
-				u.log.Error("tableflip: upgrade failed", "error", err, "duration", time.Since(start))
-				u.sdUpgradeFailed(err)
-				if u.opts.OnUpgradeFailed != nil {
-					u.opts.OnUpgradeFailed(err)
-				}
-				return err
-			}
-			u.log.Info("tableflip: upgrade succeeded", "duration", time.Since(start))
-			return nil
-		}
-	}
+// multiGeneration reports whether upgrades may overlap older
+// generations' drains.
+func (u *Upgrader) multiGeneration() bool {
+	return u.opts.MaxGenerations > 1
 }
 
 // osEnv is how the Upgrader reaches the process's environment, so that
@@ -532,9 +546,10 @@ type osEnv struct {
 	unsetenv  func(string) error
 	environ   func() []string
 	getppid   func() int
-	// parentReaps reports whether a new generation should be started
-	// as a sibling of this process (see proc.ParentReaps).
-	parentReaps func() bool
+	// start starts the new generation's process, with handoverEnd as
+	// its descriptor 3 (see startProcess): the seam where tests put a
+	// generation of their own.
+	start func(path string, args, env []string, dir string, handoverEnd *os.File) (process, error)
 	// args are the program's arguments, as it was started.
 	args []string
 	// wd is the working directory the program started in.
@@ -544,13 +559,13 @@ type osEnv struct {
 var stdEnv = func() *osEnv {
 	wd, _ := os.Getwd()
 	return &osEnv{
-		lookupEnv:   os.LookupEnv,
-		unsetenv:    os.Unsetenv,
-		environ:     os.Environ,
-		getppid:     os.Getppid,
-		parentReaps: proc.ParentReaps,
-		args:        os.Args,
-		wd:          wd,
+		lookupEnv: os.LookupEnv,
+		unsetenv:  os.Unsetenv,
+		environ:   os.Environ,
+		getppid:   os.Getppid,
+		start:     startProcess,
+		args:      os.Args,
+		wd:        wd,
 	}
 }()
 

@@ -37,9 +37,10 @@
 //
 //  1. parent → child FrameHello: the protocol version (uint16), the token
 //     (16 bytes) and the manifest: a uvarint count of entries, then for each
-//     entry its kind (1 byte, one of the Kind* constants), and the network,
-//     the address the program asked for, and the address the socket is
-//     really bound to, each a uvarint length followed by that many bytes;
+//     entry its kind (1 byte, one of the Kind* constants), its flags (1
+//     byte, EntryHeld or 0), and the network, the address the program
+//     asked for, and the address the socket is really bound to, each a
+//     uvarint length followed by that many bytes;
 //     then the parent's generation number (a uvarint: 1 for a process
 //     started without a parent). A hello that ends after the manifest is
 //     from a parent that predates the generation number, which reads as 0.
@@ -249,7 +250,13 @@ type Entry struct {
 	// Bound is the address the socket is really bound to, such as
 	// "127.0.0.1:41234", or "" where that is the same as Addr.
 	Bound string
+	// Held is set on a Unix socket whose file belongs to systemd (socket
+	// activation or the fd store): no generation removes it.
+	Held bool
 }
+
+// EntryHeld is the flag of an Entry whose Held is set.
+const EntryHeld = 1 << 0
 
 // Hello is the payload of FrameHello.
 type Hello struct {
@@ -281,7 +288,7 @@ const maxPID = 1<<31 - 1
 func (h *Hello) MarshalBinary() ([]byte, error) {
 	size := 2 + TokenSize + 2*binary.MaxVarintLen64
 	for _, e := range h.Entries {
-		size += 1 + 3*binary.MaxVarintLen64 + len(e.Network) + len(e.Addr) + len(e.Bound)
+		size += 2 + 3*binary.MaxVarintLen64 + len(e.Network) + len(e.Addr) + len(e.Bound)
 	}
 	b := make([]byte, 0, size)
 	b = binary.BigEndian.AppendUint16(b, uint16(h.Version))
@@ -291,7 +298,11 @@ func (h *Hello) MarshalBinary() ([]byte, error) {
 		if !validKind(e.Kind) {
 			return nil, fmt.Errorf("handover: entry %s %s has unknown kind %q", e.Network, e.Addr, e.Kind)
 		}
-		b = append(b, e.Kind)
+		var flags byte
+		if e.Held {
+			flags |= EntryHeld
+		}
+		b = append(b, e.Kind, flags)
 		for _, s := range [...]string{e.Network, e.Addr, e.Bound} {
 			if len(s) > maxString {
 				return nil, fmt.Errorf("handover: entry %s %s: string of %d bytes is longer than %d", e.Network, e.Addr, len(s), maxString)
@@ -346,9 +357,9 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 	if err != nil {
 		return malformed("hello is truncated in its entry count")
 	}
-	// Every entry takes at least four bytes: a bound on the count that
+	// Every entry takes at least five bytes: a bound on the count that
 	// keeps a corrupt count from allocating.
-	if n > uint64(r.Len())/4 {
+	if n > uint64(r.Len())/5 {
 		return malformed("hello claims %d entries in %d bytes", n, r.Len())
 	}
 	h.Entries = make([]Entry, 0, n)
@@ -362,6 +373,14 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 			return malformed("entry %d has unknown kind %q", i, kind)
 		}
 		e.Kind = kind
+		flags, err := r.ReadByte()
+		if err != nil {
+			return malformed("entry %d is truncated", i)
+		}
+		if flags&^EntryHeld != 0 {
+			return malformed("entry %d has unknown flags %#x", i, flags)
+		}
+		e.Held = flags&EntryHeld != 0
 		for _, s := range [...]*string{&e.Network, &e.Addr, &e.Bound} {
 			if *s, err = readString(r); err != nil {
 				return malformed("entry %d: %v", i, err)

@@ -50,6 +50,7 @@ func TestHelloRoundTrip(t *testing.T) {
 	h := Hello{Version: Version, Token: [TokenSize]byte{9}, Generation: 300, Entries: []Entry{
 		{Kind: KindListener, Network: "tcp", Addr: "127.0.0.1:0", Bound: "127.0.0.1:4242"},
 		{Kind: KindPacketConn, Network: "unixgram", Addr: "@abstract"},
+		{Kind: KindListener, Network: "unix", Addr: "/run/app.sock", Held: true},
 		{Kind: KindFile, Addr: "state"},
 	}}
 	b, err := h.MarshalBinary()
@@ -140,7 +141,8 @@ func TestHelloErrors(t *testing.T) {
 		{"truncated entry", good[:len(good)-2], "entry 0"},
 		{"truncated generation", append(append([]byte{}, good[:len(good)-1]...), 0x80), "truncated in its generation"},
 		{"trailing bytes", append(append([]byte{}, good...), 0, 0), "1 bytes after the live generations"},
-		{"bad kind", append(append([]byte{}, good[:19]...), 'Z', 0, 0, 0), "unknown kind"},
+		{"bad kind", append(append([]byte{}, good[:19]...), 'Z', 0, 0, 0, 0), "unknown kind"},
+		{"bad flags", append(append([]byte{}, good[:19]...), 'L', 0x80, 0, 0, 0), "unknown flags 0x80"},
 		{"huge count", append(append([]byte{}, good[:18]...), 0xff, 0xff, 0xff, 0x7f), "claims"},
 	} {
 		var h Hello

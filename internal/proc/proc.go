@@ -56,16 +56,19 @@ func waitStatus(ws syscall.WaitStatus) Status {
 
 // Process is a process started by Start.
 type Process struct {
-	// PID of the process.
-	PID int
-	// Sibling is set when the process is a child of this process's
-	// parent rather than of this process.
-	Sibling bool
-
-	sys    sysProcess
-	done   chan struct{}
-	status Status
+	pid     int
+	sibling bool
+	sys     sysProcess
+	done    chan struct{}
+	status  Status
 }
+
+// PID is the process's pid.
+func (p *Process) PID() int { return p.pid }
+
+// Sibling reports whether the process is a child of this process's parent
+// rather than of this process.
+func (p *Process) Sibling() bool { return p.sibling }
 
 // Done is closed when the process has exited and Status is known (or
 // known to be unknown).
@@ -94,7 +97,7 @@ func Start(path string, args, env []string, dir string, files []uintptr, sibling
 		return nil, err
 	}
 	go func() {
-		p.status = p.sys.wait(p.PID, p.Sibling)
+		p.status = p.sys.wait(p.pid, p.sibling)
 		close(p.done)
 	}()
 	return p, nil

@@ -46,7 +46,7 @@ func (p *Process) start(path string, args, env []string, dir string, files []uin
 	if err != nil {
 		return &os.PathError{Op: "fork/exec", Path: path, Err: err}
 	}
-	p.PID, p.Sibling = pid, sibling
+	p.pid, p.sibling = pid, sibling
 	p.sys = sysProcess{pidfd: pidfd, pid: pid}
 	return nil
 }

@@ -39,7 +39,7 @@ func TestChildStatus(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.Sibling {
+		if p.Sibling() {
 			t.Errorf("%q: started as a sibling without asking", tc.script)
 		}
 		if tc.signal != 0 {
@@ -111,7 +111,7 @@ func middle() int {
 		fmt.Println("error", err)
 		return 1
 	}
-	fmt.Printf("pid %d sibling %t\n", p.PID, p.Sibling)
+	fmt.Printf("pid %d sibling %t\n", p.PID(), p.Sibling())
 	bufio.NewReader(os.Stdin).ReadString('\n')
 	p.Signal(syscall.SIGTERM)
 	select {

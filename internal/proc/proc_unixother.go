@@ -22,7 +22,7 @@ func (p *Process) start(path string, args, env []string, dir string, files []uin
 	if err != nil {
 		return err
 	}
-	p.PID = pid
+	p.pid = pid
 	p.sys = sysProcess{proc: proc}
 	return nil
 }
