@@ -124,6 +124,9 @@ type Fds struct {
 	// systemd passed (see SystemdOptions), or nil.
 	extra source
 
+	// conns are the connections the listeners accepted (see conns.go).
+	conns connSet
+
 	// gate is closed once the listeners inherited from a parent may
 	// accept (see listener).
 	gate     chan struct{}
@@ -399,7 +402,7 @@ func (f *Fds) ListenWithCallback(network, addr string, callback func(network, ad
 		return nil, fmt.Errorf("tableflip: %T does not implement tableflip.Listener", ln)
 	}
 	f.own(key{handover.KindListener, network, addr}, sln, ln.Addr())
-	return newListener(sln, alwaysOpen), nil
+	return newListener(sln, alwaysOpen, &f.conns), nil
 }
 
 // Listener returns the listener inherited from the parent process for
@@ -426,7 +429,7 @@ func (f *Fds) listenerLocked(network, addr string) (net.Listener, error) {
 	if e.fromParent {
 		gate = f.gate
 	}
-	return newListener(ln, gate), nil
+	return newListener(ln, gate, &f.conns), nil
 }
 
 // AddListener passes a copy of ln on to the next generation under network

@@ -56,11 +56,11 @@ type GenerationInfo struct {
 	// DrainingSince is when a newer generation took over from this one;
 	// zero for the generation that serves.
 	DrainingSince time.Time `json:"draining_since,omitzero"`
-	// Conns is how many connections the generation holds open:
-	// established TCP connections and Unix stream connections accepted
-	// on a named socket (the control socket's included), as the kernel
-	// reports them in /proc; -1 where that cannot be read (platforms
-	// other than Linux, or another user's process).
+	// Conns is how many connections the generation holds open: those
+	// accepted on the listeners the Upgrader handed out (the control
+	// socket's included) and not closed yet. The serving generation
+	// counts its own; an older one is asked, and is -1 if it did not
+	// answer in time, or off Linux.
 	Conns int `json:"conns"`
 }
 
@@ -175,22 +175,24 @@ func (g *generations) deadlineHit() {
 }
 
 // stats lists the live generations, oldest first and self last, with
-// their ages and open connections, and the drain deadline hits. Self
-// drains too once it has handed over: it no longer answers the control
-// socket, but its Stats still tell.
-func (g *generations) stats(self GenerationInfo) ([]GenerationInfo, uint64) {
+// their ages and open connections (self's are selfConns; the older ones
+// are asked, see conns.go), and the drain deadline hits. Self drains too
+// once it has handed over: it no longer answers the control socket, but
+// its Stats still tell.
+func (g *generations) stats(self GenerationInfo, selfConns int) ([]GenerationInfo, uint64) {
 	list := g.live()
+	countOlder(list)
 	g.mu.Lock()
 	self.DrainingSince = g.handedOverAt
 	hits := g.deadlineHits
 	g.mu.Unlock()
+	self.Conns = selfConns
 	list = append(list, self)
 	now := time.Now()
 	for i := range list {
 		if !list[i].Started.IsZero() {
 			list[i].AgeSeconds = now.Sub(list[i].Started).Seconds()
 		}
-		list[i].Conns = openConns(list[i].PID)
 	}
 	return list, hits
 }

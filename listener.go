@@ -25,6 +25,8 @@ import (
 type listener struct {
 	Listener
 	gate <-chan struct{}
+	// conns remembers what Accept returns, for Stats.
+	conns *connSet
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -41,8 +43,8 @@ var (
 	_ net.Listener = (*listener)(nil)
 )
 
-func newListener(ln Listener, gate <-chan struct{}) *listener {
-	return &listener{Listener: ln, gate: gate, closed: make(chan struct{}), changed: make(chan struct{})}
+func newListener(ln Listener, gate <-chan struct{}, conns *connSet) *listener {
+	return &listener{Listener: ln, gate: gate, conns: conns, closed: make(chan struct{}), changed: make(chan struct{})}
 }
 
 // Accept waits for the gate to open, then accepts a connection.
@@ -50,7 +52,11 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err := l.wait(); err != nil {
 		return nil, err
 	}
-	return l.Listener.Accept()
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.conns.add(c)
+	}
+	return c, err
 }
 
 func (l *listener) wait() error {

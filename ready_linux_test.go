@@ -80,11 +80,7 @@ func TestStaleSocketFile(t *testing.T) {
 	dead.(*net.UnixListener).SetUnlinkOnClose(false)
 	dead.Close()
 
-	u, err := newUpgrader(&osEnv{lookupEnv: func(string) (string, bool) { return "", false }, wd: t.TempDir(), args: os.Args}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer u.Stop()
+	u := firstGeneration(t, Options{})
 	ln, err := u.Listen("unix", path)
 	if err != nil {
 		t.Fatalf("Listen on a stale socket file: %v, want it replaced", err)

@@ -236,11 +236,7 @@ func TestStateWriterNeverReturns(t *testing.T) {
 }
 
 func TestStateFirstStart(t *testing.T) {
-	u, err := newUpgrader(&osEnv{lookupEnv: func(string) (string, bool) { return "", false }, wd: t.TempDir(), args: os.Args}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer u.Stop()
+	u := firstGeneration(t, Options{})
 	if _, err := u.State(); !errors.Is(err, ErrNoState) {
 		t.Errorf("State on a first start: %v, want ErrNoState", err)
 	}

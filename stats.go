@@ -129,8 +129,11 @@ func (u *Upgrader) Generation() GenerationInfo {
 // counters, and of the generations alive. It never blocks on an upgrade
 // under way, and holds no lock while it counts connections.
 //
-// It counts each live generation's open connections (GenerationInfo.Conns),
-// which costs what those generations hold; Generation has the fixed facts
+// It counts each live generation's open connections (GenerationInfo.Conns,
+// see there for what is counted): that costs in proportion to the
+// connections this generation holds, whatever else the host holds, plus
+// one round trip to each older generation that still drains (at most
+// 250 ms in all, should one not answer). Generation has the fixed facts
 // for nothing.
 func (u *Upgrader) Stats() Stats {
 	s := &u.stats
@@ -150,7 +153,7 @@ func (u *Upgrader) Stats() Stats {
 	st.PID, st.Generation, st.ParentPID, st.Started = u.self.PID, u.self.Generation, u.self.ParentPID, u.self.Started
 	st.Ready = closed(u.readyC)
 	st.Exiting = closed(u.exitC)
-	st.Generations, st.DrainDeadlineHits = u.gens.stats(u.self)
+	st.Generations, st.DrainDeadlineHits = u.gens.stats(u.self, u.Fds.conns.count())
 	for _, g := range st.Generations[:len(st.Generations)-1] {
 		st.Draining = append(st.Draining, g.PID)
 	}
