@@ -86,7 +86,7 @@ func timeUpgrades(b *testing.B, s *server, between func(old int)) []time.Duratio
 	return took
 }
 
-func init() { helpers["holder"] = helperHolder }
+func init() { registerBenchmarkHelper("holder", helperHolder) }
 
 // helperHolder holds $TABLEFLIP_TEST_HOLD loopback connections (both
 // ends: twice as many sockets), prints "held <n>", and holds them until
@@ -134,7 +134,7 @@ func holdConns(b *testing.B, n int) {
 	for base := 0; base < n; base += holdPerProcess {
 		k := min(holdPerProcess, n-base)
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), helperEnv+"=holder", "TABLEFLIP_TEST_HOLD="+strconv.Itoa(k),
+		cmd.Env = append(os.Environ(), helper("holder"), "TABLEFLIP_TEST_HOLD="+strconv.Itoa(k),
 			"TABLEFLIP_TEST_HOLD_BASE="+strconv.Itoa(base))
 		stdin, _ := cmd.StdinPipe()
 		out, _ := cmd.StdoutPipe()

@@ -34,7 +34,7 @@ const (
 )
 
 func init() {
-	helpers["ctlclient"] = helperControlClient
+	registerHelper("ctlclient", helperControlClient)
 	if d, err := time.ParseDuration(os.Getenv(controlReadTimeoutEnv)); err == nil {
 		controlReadTimeout = d
 	}
@@ -346,7 +346,7 @@ func TestControlOtherUID(t *testing.T) {
 	asNobody := func(path string) string {
 		t.Helper()
 		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), helperEnv+"=ctlclient", controlEnv+"="+path, controlCmdEnv+"="+ControlStatus)
+		cmd.Env = append(os.Environ(), helper("ctlclient"), controlEnv+"="+path, controlCmdEnv+"="+ControlStatus)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
 		cmd.Stderr = os.Stderr
 		out, err := cmd.Output()

@@ -32,7 +32,7 @@ const (
 	countWaitEnv = "TABLEFLIP_TEST_COUNT_WAIT"
 )
 
-func init() { helpers["gens"] = helperGenerations }
+func init() { registerHelper("gens", helperGenerations) }
 
 // helperGenerations is a generation of a server of long-lived
 // connections: each keeps being served by the generation that accepted
@@ -207,32 +207,6 @@ func (cl *genClient) echo(t *testing.T) {
 	}
 }
 
-// liveInGroup counts the processes of process group pgid that have not
-// exited (zombies do not count).
-func liveInGroup(t *testing.T, pgid int) int {
-	t.Helper()
-	names, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, d := range names {
-		if _, err := strconv.Atoi(d.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...: comm may hold spaces.
-		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(fields) > 2 && fields[2] == strconv.Itoa(pgid) && fields[0] != "Z" && fields[0] != "X" {
-			n++
-		}
-	}
-	return n
-}
-
 func (s *server) status() Stats {
 	s.t.Helper()
 	var st Stats
@@ -260,7 +234,7 @@ func startGenServer(t testing.TB, env ...string) (*server, string) {
 	// The race detector sleeps a second before a process exits: more
 	// than the grace a generation that honours SIGTERM gets here.
 	env = append(env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	env = append(env, helperEnv+"=gens", unixPathEnv+"="+sock, controlEnv+"="+filepath.Join(dir, "ctl.sock"))
+	env = append(env, helper("gens"), unixPathEnv+"="+sock, controlEnv+"="+filepath.Join(dir, "ctl.sock"))
 	s := startServer(t, serverConfig{env: env})
 	if s.udp != sock {
 		t.Fatalf("unix listener at %s, want %s", s.udp, sock)
@@ -293,7 +267,7 @@ func TestGenerationsBackToBack(t *testing.T) {
 		for _, cl := range all {
 			cl.echo(t)
 		}
-		if n := liveInGroup(t, pgid); n != len(gens) || n > maxGen {
+		if n := processesInGroup(pgid, false); n != len(gens) || n > maxGen {
 			t.Fatalf("%d generations alive, want %d (cap %d)", n, len(gens), maxGen)
 		}
 		if b, _ := os.ReadFile(s.pidFile); strings.TrimSpace(string(b)) != strconv.Itoa(s.pid) {
@@ -540,15 +514,4 @@ func unixConnections(t *testing.T, name string) int {
 		}
 	}
 	return n
-}
-
-// waitFor polls cond until it holds, failing the test after a minute.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within a minute", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

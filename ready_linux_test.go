@@ -3,7 +3,6 @@
 package tableflip
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -65,43 +64,4 @@ func TestInheritedListenersWaitForReady(t *testing.T) {
 		}
 	}
 	s.stopAll(t)
-}
-
-// TestStaleSocketFile: a Unix socket file that a killed generation left
-// behind, which nobody serves, does not stop the next start: Listen
-// replaces it. One that a process serves is left alone, and Listen says
-// so.
-func TestStaleSocketFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "s.sock")
-	dead, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead.(*net.UnixListener).SetUnlinkOnClose(false)
-	dead.Close()
-
-	u := firstGeneration(t, Options{})
-	ln, err := u.Listen("unix", path)
-	if err != nil {
-		t.Fatalf("Listen on a stale socket file: %v, want it replaced", err)
-	}
-	defer ln.Close()
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			c.Close()
-		}
-	}()
-	if c, err := net.Dial("unix", path); err != nil {
-		t.Errorf("dialling the replaced socket: %v", err)
-	} else {
-		c.Close()
-	}
-
-	if _, err := u.Listen("unix", path+"x"); err != nil {
-		t.Fatal(err)
-	}
-	_, err = u.ListenPacket("unixgram", path) // served, as a stream socket
-	if err == nil || !strings.Contains(err.Error(), "address already in use") {
-		t.Errorf("ListenPacket on a socket file another listener serves: %v, want address already in use", err)
-	}
 }

@@ -18,7 +18,7 @@ import (
 
 const stateSizeEnv = "TABLEFLIP_TEST_STATE_SIZE"
 
-func init() { helpers["stateserver"] = helperStateServer }
+func init() { registerHelper("stateserver", helperStateServer) }
 
 // statePattern writes n bytes of a pattern both sides can make.
 func statePattern(w io.Writer, n int64) error {
@@ -120,7 +120,7 @@ func helperStateServer() int {
 
 func startStateServer(t testing.TB, size int64, env ...string) *server {
 	t.Helper()
-	env = append(env, helperEnv+"=stateserver", stateSizeEnv+"="+strconv.FormatInt(size, 10))
+	env = append(env, helper("stateserver"), stateSizeEnv+"="+strconv.FormatInt(size, 10))
 	s := startServer(t, serverConfig{env: env})
 	s.udp = "-"
 	if got := s.waitEvent(s.pid, "state"); got != "state none" {

@@ -4,7 +4,7 @@ package tableflip
 
 import (
 	"bufio"
-	"net"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,7 +55,7 @@ func readOnlyDir(t *testing.T, dir string) (undo func()) {
 func firstStart(t *testing.T, env ...string) string {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), helperEnv+"=faultserver", modeFileEnv+"="+filepath.Join(t.TempDir(), "mode")), env...)
+	cmd.Env = append(append(os.Environ(), helper("faultserver"), modeFileEnv+"="+filepath.Join(t.TempDir(), "mode")), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -137,99 +137,36 @@ func TestPIDFileUnwritable(t *testing.T) {
 	s.stopAll(t)
 }
 
-// TestSocketFilesOfFailedGeneration: a new generation that listens on the
-// inherited Unix sockets and then gives up before Ready (and calls Stop,
-// as a deferred Stop does) leaves the socket file to the old generation,
-// which serves on it. An abstract socket ("@name") is never unlinked: a
-// socket file named like it in the working directory survives every
-// upgrade and the final Stop.
-func TestSocketFilesOfFailedGeneration(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	wd := t.TempDir()
-	abstract := "@tableflip-test-" + strconv.Itoa(os.Getpid()) + "-" + filepath.Base(wd)
-	decoy, err := net.Listen("unix", filepath.Join(wd, abstract))
-	if err != nil {
-		t.Fatal(err)
-	}
-	decoy.(*net.UnixListener).SetUnlinkOnClose(false)
-	decoy.Close()
-
-	s := startFaultServer(t, unixPathEnv+"="+sock, abstractEnv+"="+abstract, chdirEnv+"="+wd)
-	firstFDs := s.command("fds")
-	l := startLoad(s.tcp)
-	reply := s.failedUpgrade("exit-after-listen")
-	if !strings.Contains(reply, "stopped") || !strings.HasSuffix(reply, "[ErrHandover,ChildError{code=1,signal=0}]") {
-		t.Errorf("upgrade to a generation that gives up: %q", reply)
-	}
-	if _, err := os.Lstat(sock); err != nil {
-		t.Errorf("Unix socket file after a failed generation: %v, want it kept", err)
-	} else if got := unixPID(t, sock); got != strconv.Itoa(s.pid) {
-		t.Errorf("Unix socket: answered by %q, want %d", got, s.pid)
-	}
-	if got := unixPID(t, abstract); got != strconv.Itoa(s.pid) {
-		t.Errorf("abstract socket: answered by %q, want %d", got, s.pid)
-	}
-	// Counted with no request of the client open.
-	l.finish(t, false)
-	if got := s.command("fds"); got != firstFDs {
-		t.Errorf("fds: %s before the failed upgrade, %s after", firstFDs, got)
-	}
-	l = startLoad(s.tcp)
-	s.upgrade()
-	if got := unixPID(t, abstract); got != strconv.Itoa(s.pid) {
-		t.Errorf("abstract socket after an upgrade: answered by %q, want %d", got, s.pid)
-	}
-	l.finish(t, false)
-	s.stopAll(t)
-	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
-		t.Errorf("Unix socket file after a final Stop: %v, want it removed", err)
-	}
-	if _, err := os.Lstat(filepath.Join(wd, abstract)); err != nil {
-		t.Errorf("a file named like the abstract socket: %v, want it untouched", err)
-	}
-	if ln, err := net.Listen("unix", abstract); err != nil {
-		t.Errorf("abstract name after a final Stop: %v, want it free", err)
-	} else {
-		ln.Close()
-	}
-}
-
-// TestDescriptorLimit: with the descriptor limit lowered so that the
-// handover cannot duplicate every socket, in the old generation or in the
-// new one, the upgrade fails with an error that says so, nothing leaks,
-// and the old generation serves on.
-func TestDescriptorLimit(t *testing.T) {
-	s := startFaultServer(t, extraEnv+"=32")
-	firstFDs := s.command("fds")
-	l := startLoad(s.tcp)
-
-	// The old generation: three descriptors free for 33 sockets.
-	reply := s.command("lowfd-upgrade 3")
-	if !strings.HasPrefix(reply, "error tableflip: can't duplicate") || !strings.Contains(reply, "too many open files") {
-		t.Errorf("upgrade with 3 descriptors free: %q, want a failure to duplicate", reply)
-	}
-	if kids := children(t, s.pid); kids != "" {
-		t.Errorf("after the failed upgrade: children %s", kids)
-	}
-	// Counted with no request of the client open.
-	l.finish(t, false)
-	if got := s.command("fds"); got != firstFDs {
-		t.Errorf("fds: %s before the failed upgrade, %s after", firstFDs, got)
-	}
-	l = startLoad(s.tcp)
-
-	// The new generation: a limit of 16 for 33 sockets.
-	reply = s.failedUpgrade("lowfd-child")
-	if !strings.Contains(reply, "ErrHandover") || !strings.Contains(reply, "descriptor limit too low") {
-		t.Errorf("upgrade to a generation with a limit of 16: %q, want the handover refused for the limit", reply)
-	}
-	l.finish(t, false)
-	if got := s.command("fds"); got != firstFDs {
-		t.Errorf("fds: %s before the failed upgrade, %s after", firstFDs, got)
-	}
-	s.upgrade()
-	s.stopAll(t)
-}
-
 // fsImmutableFL is FS_IMMUTABLE_FL from linux/fs.h (chattr +i).
 const fsImmutableFL = 0x00000010
+
+func TestPIDFileNotThroughSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	os.WriteFile(target, []byte("precious"), 0o644)
+	path := filepath.Join(dir, "app.pid")
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := writePIDFile(path, os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "precious" {
+		t.Errorf("symlink target now holds %q, want it untouched", b)
+	}
+	info, err := os.Lstat(path)
+	if err != nil || !info.Mode().IsRegular() {
+		t.Errorf("PID file is %v (%v), want a regular file replacing the symlink", info.Mode(), err)
+	}
+	if got, want := readPIDFile(t, path), strconv.Itoa(os.Getpid()); got != want {
+		t.Errorf("PID file says %q, want %q", got, want)
+	}
+
+	err = writePIDFile(filepath.Join(dir, "missing", "app.pid"), os.Getpid())
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("PID file in a missing directory: %v, want ErrNotExist", err)
+	}
+	if names, _ := filepath.Glob(filepath.Join(dir, ".*")); len(names) != 0 {
+		t.Errorf("temporary files left behind: %q", names)
+	}
+}
