@@ -62,7 +62,11 @@ type Options struct {
 	// with State before Ready, while the new generation initialises.
 	// The library carries bytes; the program owns the format (give it a
 	// version). An error fails the upgrade: the new generation is
-	// stopped and this one keeps serving. With Systemd.FdStore set, a
+	// stopped and this one keeps serving. UpgradeTimeout bounds the
+	// writer too: the upgrade fails when it passes, and a writer that
+	// blocks on anything but its writes (which fail once the upgrade
+	// has ended) is left running; the next upgrade does not wait for
+	// it. With Systemd.FdStore set, a
 	// final Stop also writes the state, into a memfd in systemd's fd
 	// store that the next start reads with State (Linux only); a crash
 	// writes nothing, so the next start gets ErrNoState, or the last
@@ -71,8 +75,9 @@ type Options struct {
 	// OnUpgradeFailed, if not nil, is called in this generation when an
 	// upgrade that started a new generation fails, with the reason, so
 	// that the program can undo what it did for the handover. It runs
-	// after WriteState has returned, on the goroutine that owns upgrades:
-	// it must not call Upgrade, which would wait for it.
+	// after WriteState has returned (or, for a writer still blocked at
+	// UpgradeTimeout, without waiting for it), on the goroutine that
+	// owns upgrades: it must not call Upgrade, which would wait for it.
 	OnUpgradeFailed func(err error)
 	// MaxGenerations caps how many generations of the program may be
 	// alive at once, this one and the new one included. 0 or 1 keeps
