@@ -44,6 +44,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -181,15 +182,27 @@ func boot(state string, opts Options) (*System, error) {
 		// and with it the whole pid namespace.
 		Pdeathsig: syscall.SIGKILL,
 	}
-	if err := cmd.Start(); err != nil {
-		os.Remove(cg)
-		return nil, fmt.Errorf("unshare: %w", err)
-	}
+	// Pdeathsig fires when the thread that started unshare ends, not the
+	// process. Go ends a thread when a goroutine locked to it returns (as
+	// InNetns's do): start unshare from a locked thread that lives until
+	// unshare has been reaped.
+	started := make(chan error, 1)
 	s := &System{cgroup: cg, state: state, unsh: cmd, exited: make(chan struct{})}
 	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
 		cmd.Wait()
 		close(s.exited)
 	}()
+	if err := <-started; err != nil {
+		os.Remove(cg)
+		return nil, fmt.Errorf("unshare: %w", err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), opts.BootTimeout)
 	defer cancel()
@@ -518,11 +531,17 @@ func (s *System) Processes(unit string) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	cg := props["ControlGroup"]
-	if cg == "" {
+	return s.ProcessesIn(props["ControlGroup"])
+}
+
+// ProcessesIn is Processes for a unit's ControlGroup property (the path of
+// its cgroup as seen inside, "/system.slice/name.service"), which saves a
+// systemctl call when polling. An empty controlGroup has no processes.
+func (s *System) ProcessesIn(controlGroup string) ([]int, error) {
+	if controlGroup == "" {
 		return nil, nil
 	}
-	return s.cgroupProcesses(filepath.Join(s.cgroup, cg))
+	return s.cgroupProcesses(filepath.Join(s.cgroup, controlGroup))
 }
 
 // Alive reports whether a process with pid (as seen inside) runs in one
@@ -585,4 +604,21 @@ func nsPID(hostPID string) int {
 		}
 	}
 	return 0
+}
+
+// Version returns the version of the systemd that Boot would start with
+// Options.Usr set to usr ("" for the machine's own), without booting it:
+// the number in the name of its libsystemd-shared-NNN.so.
+func Version(usr string) (int, error) {
+	if usr == "" {
+		usr = "/usr"
+	}
+	libs, _ := filepath.Glob(filepath.Join(usr, "lib/*/systemd/libsystemd-shared-*.so"))
+	for _, lib := range libs {
+		v := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(lib), "libsystemd-shared-"), ".so")
+		if n, err := strconv.Atoi(v); err == nil {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("realsystemd: no libsystemd-shared-NNN.so under %s/lib", usr)
 }
