@@ -1,3 +1,5 @@
+//go:build linux
+
 package systemd_test
 
 import (
@@ -188,7 +190,6 @@ type reloadOutcome struct {
 // ExecMainStartTimestamp moving without MainPID.
 func (f *fixture) reload() reloadOutcome {
 	o := reloadOutcome{from: f.current}
-	cursor, _ := f.sys.Cursor()
 	start := time.Now()
 	_, o.reloadErr = f.sys.Systemctl("reload", f.uc.service)
 	deadline := time.Now().Add(settleTimeout)
@@ -201,7 +202,7 @@ func (f *fixture) reload() reloadOutcome {
 		pid, perr := f.probe()
 		if serr == nil {
 			if d := f.downSince(s); d != "" {
-				o.down = d + "\n" + f.downJournal(cursor)
+				o.down = d + "\n" + f.downJournal()
 				o.took = time.Since(start)
 				return o
 			}
@@ -230,7 +231,7 @@ func (f *fixture) reload() reloadOutcome {
 		}
 		if time.Now().After(deadline) {
 			o.settleErr = fmt.Errorf("not settled after %v: answer from pid %d (%v); old pid %d alive: %v; processes %v; %s (%v)\n%s",
-				settleTimeout, pid, perr, o.from, oldAlive, f.processes(), s, serr, f.journalTail(cursor))
+				settleTimeout, pid, perr, o.from, oldAlive, f.processes(), s, serr, f.journalTail(""))
 			o.took = time.Since(start)
 			return o
 		}
@@ -277,10 +278,11 @@ func (f *fixture) journalTail(cursor string) string {
 	return f.formatJournal(f.unitJournal(cursor, nil))
 }
 
-// downJournal is journalTail once the journal has recorded the unit's
-// end (journald may not have caught up when the state already says so).
-func (f *fixture) downJournal(cursor string) string {
-	return f.formatJournal(f.unitJournal(cursor, func(e realsystemd.Entry) bool {
+// downJournal is journalTail("") once the journal has recorded the
+// unit's end (journald may not have caught up when the state already
+// says so).
+func (f *fixture) downJournal() string {
+	return f.formatJournal(f.unitJournal("", func(e realsystemd.Entry) bool {
 		m := e["MESSAGE"]
 		return strings.Contains(m, "Deactivated successfully") || strings.Contains(m, "Failed with result") ||
 			strings.Contains(m, "Scheduled restart job") || strings.HasPrefix(m, "Stopped ")

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package systemd_test runs the unit files of this directory, unmodified,
 // under a real systemd: the machine's (252 on Debian 12) and the one from
 // bookworm-backports (254), each booted as PID 1 of its own namespaces by
