@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -338,9 +337,4 @@ func (f *fixture) restoreServer(t *testing.T) {
 	if err := os.Rename(tmp, filepath.Join(f.bin, "server")); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// mentions reports whether text names pid as a whole number.
-func mentions(text string, pid int) bool {
-	return regexp.MustCompile(`\b` + strconv.Itoa(pid) + `\b`).MatchString(text)
 }
