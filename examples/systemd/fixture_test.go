@@ -108,7 +108,7 @@ func (f *fixture) probe() (int, error) {
 
 // processes lists the pids in the service's cgroup.
 func (f *fixture) processes() []int {
-	pids, _ := f.sys.ProcessesIn(f.cgroup)
+	pids, _ := f.sys.Processes(f.cgroup)
 	return pids
 }
 

@@ -40,8 +40,8 @@ type Options struct {
 	// but it also misfiles lines: the process systemd forks for a unit
 	// logs debug messages of its own before it has moved into the unit's
 	// cgroup, journald caches what it learnt about that pid (cgroup,
-	// command name) for about a second, and so the first lines the
-	// unit's program writes in that second are filed under init.scope,
+	// command name) for a while (under two seconds here), and so the
+	// first lines the unit's program writes meanwhile are filed under init.scope,
 	// _COMM=(name), not under the unit (measured with systemd 252 and
 	// 254). That is journald, not the namespaces: at info level every
 	// line is filed under its unit.
@@ -357,15 +357,15 @@ func onlyChild(pid int) int {
 // PID1 returns systemd's pid as the machine sees it.
 func (s *System) PID1() int { return s.pid }
 
-// Console returns what systemd wrote to its console so far.
-func (s *System) Console() string {
+// console returns what systemd wrote to its console so far.
+func (s *System) console() string {
 	b, _ := os.ReadFile(filepath.Join(s.state, "console"))
 	return string(b)
 }
 
 func (s *System) bootOutput() string {
 	b, _ := os.ReadFile(filepath.Join(s.state, "boot.log"))
-	return fmt.Sprintf("boot log:\n%s\nconsole:\n%s", b, s.Console())
+	return fmt.Sprintf("boot log:\n%s\nconsole:\n%s", b, s.console())
 }
 
 func (s *System) logTail(t testing.TB) {
@@ -447,16 +447,6 @@ func (e *RunError) Error() string {
 // Unwrap returns the underlying error.
 func (e *RunError) Unwrap() error { return e.Err }
 
-// ExitCode returns the exit status of a failed command, or -1 when err is
-// not a command that ran and exited.
-func ExitCode(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	return -1
-}
-
 // Run runs a program inside every namespace of the System (bounded by 30
 // seconds) and returns its standard output; see RunError.
 func (s *System) Run(name string, args ...string) (string, error) {
@@ -490,38 +480,16 @@ func (s *System) ReadFile(name string) ([]byte, error) {
 	return os.ReadFile(filepath.Join(fmt.Sprintf("/proc/%d/root", s.pid), name))
 }
 
-// Processes returns the pids, as seen inside, of the processes in unit's
-// cgroup (and its sub-cgroups), sorted. An exited process is never listed,
-// a zombie neither.
-func (s *System) Processes(unit string) ([]int, error) {
-	props, err := s.Show(unit, "ControlGroup")
-	if err != nil {
-		return nil, err
-	}
-	return s.ProcessesIn(props["ControlGroup"])
-}
-
-// ProcessesIn is Processes for a unit's ControlGroup property (the path of
-// its cgroup as seen inside, "/system.slice/name.service"), which saves a
-// systemctl call when polling. An empty controlGroup has no processes.
-func (s *System) ProcessesIn(controlGroup string) ([]int, error) {
+// Processes returns the pids, as seen inside, of the processes in a
+// unit's cgroup and its sub-cgroups, sorted: controlGroup is the unit's
+// ControlGroup property ("/system.slice/name.service"). An exited process
+// is never listed, a zombie neither. An empty controlGroup has no
+// processes.
+func (s *System) Processes(controlGroup string) ([]int, error) {
 	if controlGroup == "" {
 		return nil, nil
 	}
 	return s.cgroupProcesses(filepath.Join(s.cgroup, controlGroup))
-}
-
-// Alive reports whether a process with pid (as seen inside) runs in one
-// of the System's cgroups: any process systemd started, and everything
-// they started.
-func (s *System) Alive(pid int) bool {
-	pids, _ := s.cgroupProcesses(s.cgroup)
-	for _, p := range pids {
-		if p == pid {
-			return true
-		}
-	}
-	return false
 }
 
 // cgroupProcesses lists the processes under dir, translated to the pids of
