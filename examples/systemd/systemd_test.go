@@ -319,15 +319,15 @@ func (f *fixture) failingGeneration(t *testing.T) string {
 	}()
 	_, reloadErr := f.sys.Systemctl("reload", f.uc.service)
 
-	// The stub writes a line; the README program logs "upgrade failed: …"
-	// once a SIGHUP's upgrade has failed (an upgrade asked for on the
-	// control socket is answered to tableflip upgrade instead, and
-	// systemctl reload has waited for it). Wait for them in the whole
-	// journal, so that a line filed under another unit is found too, and
-	// told apart from a missing one.
+	// The stub writes a line; the README program's logger records
+	// "tableflip: upgrade failed" once a SIGHUP's upgrade has failed (an
+	// upgrade asked for on the control socket is answered to tableflip
+	// upgrade instead, and systemctl reload has waited for it). Wait for
+	// them in the whole journal, so that a line filed under another unit
+	// is found too, and told apart from a missing one.
 	want := []string{"failing generation"}
 	if !f.uc.reloadReports {
-		want = append(want, "upgrade failed:")
+		want = append(want, "tableflip: upgrade failed")
 	}
 	entries, err := f.sys.WaitJournal(settleTimeout, func(es []realsystemd.Entry) bool {
 		for _, text := range want {
