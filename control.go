@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/user"
@@ -161,14 +162,20 @@ func controlCallError(ctx context.Context, err error) error {
 	return fmt.Errorf("tableflip: control socket: %w", err)
 }
 
-// controlServer serves the control socket.
+// controlServer serves the control socket: an Upgrader's (initControl),
+// or another process's that speaks the protocol (ServeControl).
 type controlServer struct {
-	u    *Upgrader
-	ln   net.Listener
-	path string
+	h   controlHandler
+	log *slog.Logger
+	ln  net.Listener
+	// start, if not nil, is closed when the server may start answering.
+	start <-chan struct{}
 	// gid is the group let in besides this uid and root, or -1.
-	gid      int
+	gid int
+	// stopping is closed when the server stops, and ctx ends then.
 	stopping chan struct{}
+	ctx      context.Context
+	cancel   context.CancelFunc
 	stopOnce sync.Once
 
 	mu    sync.Mutex // guards conns
@@ -194,19 +201,124 @@ func (u *Upgrader) initControl() error {
 	if err != nil {
 		return fmt.Errorf("tableflip: control socket: %w", err)
 	}
+	var start <-chan struct{}
+	if u.parent != nil {
+		// Until this generation is ready, its parent answers.
+		start = u.readyC
+	}
+	u.ctl = newControlServer(ln, gid, upgraderControl{u}, u.log, start)
+	return nil
+}
+
+// controlHandler answers the requests that a controlServer has read.
+type controlHandler interface {
+	// upgrade runs an upgrade; ctx ends when the server stops.
+	upgrade(ctx context.Context) (UpgradeOutcome, error)
+	stats() Stats
+}
+
+// upgraderControl answers for an Upgrader's generation.
+type upgraderControl struct{ u *Upgrader }
+
+func (c upgraderControl) upgrade(ctx context.Context) (UpgradeOutcome, error) {
+	// Gives up once the server stops: the run loop that would answer has
+	// returned and waits for this server.
+	if err := c.u.requestUpgrade(ctx.Done()); err != nil {
+		return UpgradeOutcome{}, err
+	}
+	return c.u.stats.lastUpgrade(), nil
+}
+
+func (c upgraderControl) stats() Stats { return c.u.Stats() }
+
+// newControlServer serves ln, once start is closed (nil: at once).
+func newControlServer(ln net.Listener, gid int, h controlHandler, log *slog.Logger, start <-chan struct{}) *controlServer {
+	if log == nil {
+		log = slogDiscard
+	}
 	s := &controlServer{
-		u:        u,
+		h:        h,
+		log:      log,
 		ln:       ln,
-		path:     path,
+		start:    start,
 		gid:      gid,
 		stopping: make(chan struct{}),
 		conns:    make(map[net.Conn]struct{}),
 	}
-	u.ctl = s
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
-	return nil
+	return s
 }
+
+// ControlHandler answers the requests of a control socket that
+// ServeControl serves, for a process that is not a generation of an
+// Upgrader but speaks the same protocol to the same clients (tableflip
+// upgrade and status, ControlCall): tableflip run, the supervisor whose
+// pid never changes, is one.
+type ControlHandler interface {
+	// Upgrade runs one upgrade and returns its outcome once the new
+	// generation is ready, or why it failed or was refused. An error
+	// that wraps one of this package's sentinels (ErrNotReady,
+	// ErrUpgradeInProgress, ErrStopped, ErrTimeout, ErrChildExited, …),
+	// or a *ChildError, is answered with its Reason and the new
+	// generation's pid and exit status; any other error with
+	// ReasonFailed and its text. ctx ends when the server is closed.
+	Upgrade(ctx context.Context) (UpgradeOutcome, error)
+	// Status returns the answer to "status". It must not wait for an
+	// upgrade under way.
+	Status() Stats
+}
+
+// ControlServer serves the control protocol for a ControlHandler (see
+// ServeControl).
+type ControlServer struct{ s *controlServer }
+
+// ServeControl answers control requests on ln for h, on goroutines of
+// its own, until Close: the protocol, the limits and the checks of
+// Options.ControlSocket (see "The control socket" above). ln is usually
+// made by ListenControl; the server owns it and closes it. group is a
+// group name or gid whose members are served besides this process's
+// effective uid and root (as Options.ControlSocketGroup), or "". log, if
+// not nil, records refused peers and failed answers.
+func ServeControl(ln net.Listener, group string, h ControlHandler, log *slog.Logger) (*ControlServer, error) {
+	gid, err := lookupGroup(group)
+	if err != nil {
+		return nil, fmt.Errorf("tableflip: control socket group: %w", err)
+	}
+	return &ControlServer{newControlServer(ln, gid, exportedControl{h}, log, nil)}, nil
+}
+
+// Close stops serving: it closes the listener, lets a request under way
+// arrive within a short grace and be answered, and waits until every
+// answer is written or has timed out. It does not remove the socket file.
+func (s *ControlServer) Close() { s.s.stop() }
+
+// ListenControl creates the Unix socket at path that ServeControl can
+// serve, as Options.ControlSocket does: mode 0600, or 0660 and the group
+// named by group (a name or gid) if not empty, set before the file appears
+// at path. A socket file that nobody serves is replaced; anything else at
+// path is an error. Closing the listener leaves the file.
+func ListenControl(path, group string) (net.Listener, error) {
+	gid, err := lookupGroup(group)
+	if err != nil {
+		return nil, fmt.Errorf("tableflip: control socket group: %w", err)
+	}
+	ln, err := listenControl(path, gid)
+	if err != nil {
+		return nil, fmt.Errorf("tableflip: control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// exportedControl answers for a ControlHandler.
+type exportedControl struct{ h ControlHandler }
+
+func (c exportedControl) upgrade(ctx context.Context) (UpgradeOutcome, error) {
+	return c.h.Upgrade(ctx)
+}
+
+func (c exportedControl) stats() Stats { return c.h.Status() }
 
 // stopControl stops serving the control socket and waits for the answers
 // under way. The run loop calls it as it returns, before Exit closes, so
@@ -221,6 +333,7 @@ func (u *Upgrader) stopControl() {
 func (s *controlServer) stop() {
 	s.stopOnce.Do(func() {
 		close(s.stopping)
+		s.cancel()
 		s.ln.Close()
 		s.mu.Lock()
 		for c := range s.conns {
@@ -238,10 +351,9 @@ func (s *controlServer) stop() {
 
 func (s *controlServer) serve() {
 	defer s.wg.Done()
-	if s.u.parent != nil {
-		// Until this generation is ready, its parent answers.
+	if s.start != nil {
 		select {
-		case <-s.u.readyC:
+		case <-s.start:
 		case <-s.stopping:
 			return
 		}
@@ -263,7 +375,7 @@ func (s *controlServer) serve() {
 				// server holds it; nothing more to serve.
 				return
 			}
-			s.u.log.Warn("tableflip: control socket accept", "error", err)
+			s.log.Warn("tableflip: control socket accept", "error", err)
 			// Out of descriptors and the like: don't spin.
 			t := time.NewTimer(100 * time.Millisecond)
 			select {
@@ -306,7 +418,7 @@ func (s *controlServer) handle(c net.Conn) {
 	}
 	c.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
 	if _, err := c.Write(append(b, '\n')); err != nil {
-		s.u.log.Warn("tableflip: control socket: can't answer", "error", err)
+		s.log.Warn("tableflip: control socket: can't answer", "error", err)
 	}
 }
 
@@ -333,23 +445,17 @@ func (s *controlServer) answer(c net.Conn) *ControlResponse {
 	}
 	switch req.Cmd {
 	case ControlStatus:
-		st := s.u.Stats()
+		st := s.h.stats()
 		return &ControlResponse{Status: &st}
 	case ControlUpgrade:
-		s.u.log.Info("tableflip: upgrade requested on the control socket")
-		if err := s.upgrade(); err != nil {
+		s.log.Info("tableflip: upgrade requested on the control socket")
+		out, err := s.h.upgrade(s.ctx)
+		if err != nil {
 			return &ControlResponse{Error: controlError(err)}
 		}
-		out := s.u.stats.lastUpgrade()
 		return &ControlResponse{Upgrade: &out}
 	}
 	return &ControlResponse{Error: &ControlError{Reason: ReasonBadRequest, Message: fmt.Sprintf("tableflip: control socket: unknown command %q (want %q or %q)", req.Cmd, ControlUpgrade, ControlStatus)}}
-}
-
-// upgrade is Upgrade, but gives up once the control socket stops: the run
-// loop that would answer has returned and waits for this server.
-func (s *controlServer) upgrade() error {
-	return s.u.requestUpgrade(s.stopping)
 }
 
 func (s *controlServer) checkPeer(c net.Conn) *ControlError {
@@ -362,7 +468,7 @@ func (s *controlServer) checkPeer(c net.Conn) *ControlError {
 		return &ControlError{Reason: reason, Message: "tableflip: control socket: can't check who is asking: " + err.Error()}
 	}
 	if err := allowPeer(cred, os.Geteuid(), s.gid); err != nil {
-		s.u.log.Warn("tableflip: control socket: refused", "uid", cred.UID, "peer_pid", cred.PID)
+		s.log.Warn("tableflip: control socket: refused", "uid", cred.UID, "peer_pid", cred.PID)
 		return &ControlError{Reason: ReasonPermission, Message: err.Error()}
 	}
 	return nil
