@@ -1,11 +1,11 @@
 package tableflip
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
+
+	"github.com/seed589fcc9d/tableflip/internal/pidfile"
 )
 
 // pidPath makes path absolute, taking a relative one from wd.
@@ -31,44 +31,16 @@ func writePIDFile(path string, pid int) error {
 	if path == "" {
 		return nil
 	}
-	if err := writeFileAtomic(path, pid); err != nil {
+	if err := pidfile.Write(path, pid); err != nil {
 		return fmt.Errorf("%w: %w", errPIDFile, err)
 	}
 	return nil
 }
 
-func writeFileAtomic(path string, pid int) error {
-	dir, base := filepath.Split(path)
-	f, err := os.CreateTemp(dir, "."+base+".*")
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
-}
-
 // removePIDFile removes the PID file if it still names this process: a
 // later generation may have written its own.
 func removePIDFile(path, wd string) {
-	path = pidPath(path, wd)
-	if path == "" {
-		return
+	if path = pidPath(path, wd); path != "" {
+		pidfile.Remove(path, os.Getpid())
 	}
-	b, err := os.ReadFile(path)
-	if err != nil || string(bytes.TrimSpace(b)) != strconv.Itoa(os.Getpid()) {
-		return
-	}
-	os.Remove(path)
 }
