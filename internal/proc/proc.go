@@ -103,6 +103,24 @@ func Start(path string, args, env []string, dir string, files []uintptr, sibling
 	return p, nil
 }
 
+// Adopt watches pid, a child of this process that it did not start with
+// Start in this program image: one that it started before it re-executed
+// itself (execve keeps the children, and the pid, but not the program's
+// memory). Done and Status then work as for a process from Start, and the
+// process is reaped by this process. It fails if pid is not a child of
+// this process (or where the platform cannot tell).
+func Adopt(pid int) (*Process, error) {
+	p := &Process{pid: pid, done: make(chan struct{})}
+	if err := p.adopt(pid); err != nil {
+		return nil, err
+	}
+	go func() {
+		p.status = p.sys.wait(p.pid, false)
+		close(p.done)
+	}()
+	return p, nil
+}
+
 // ParentReaps reports whether this process's parent is a service manager
 // or init, which reaps every child it has, so that a sibling started with
 // Start is reaped by it: the parent is pid 1 of this pid namespace, or the

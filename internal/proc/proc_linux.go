@@ -5,6 +5,7 @@ package proc
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"sync"
@@ -47,6 +48,25 @@ func (p *Process) start(path string, args, env []string, dir string, files []uin
 		return &os.PathError{Op: "fork/exec", Path: path, Err: err}
 	}
 	p.pid, p.sibling = pid, sibling
+	p.sys = sysProcess{pidfd: pidfd, pid: pid}
+	return nil
+}
+
+func (p *Process) adopt(pid int) error {
+	// A child of this process, alive or a zombie not reaped yet: its pid
+	// cannot be reused meanwhile, so the pidfd is the process's.
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	if err != nil {
+		return fmt.Errorf("proc: pid %d is not a child of this process: %w", pid, err)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil && !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("proc: pid %d: %w", pid, err)
+	}
+	if err != nil {
+		pidfd = -1 // before Linux 5.3: wait watches it
+	}
 	p.sys = sysProcess{pidfd: pidfd, pid: pid}
 	return nil
 }

@@ -15,6 +15,8 @@ func (p *Process) start(string, []string, []string, string, []uintptr, bool) err
 	return errNotSupported
 }
 
+func (p *Process) adopt(int) error { return errNotSupported }
+
 func (s *sysProcess) signal(syscall.Signal) error { return errNotSupported }
 
 func (s *sysProcess) wait(int, bool) Status { return Status{ExitCode: -1} }

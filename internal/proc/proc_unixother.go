@@ -27,6 +27,21 @@ func (p *Process) start(path string, args, env []string, dir string, files []uin
 	return nil
 }
 
+func (p *Process) adopt(pid int) error {
+	// Without waitid's WNOWAIT here, a child is told from a stranger by
+	// kill alone: Wait then fails for a stranger and reports its status
+	// unknown.
+	if err := syscall.Kill(pid, 0); err != nil {
+		return &os.SyscallError{Syscall: "kill", Err: err}
+	}
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	p.sys = sysProcess{proc: proc}
+	return nil
+}
+
 func (s *sysProcess) signal(sig syscall.Signal) error {
 	err := s.proc.Signal(sig)
 	if errors.Is(err, os.ErrProcessDone) {
