@@ -154,6 +154,12 @@ var reasons = []struct {
 	{ErrStopped, ReasonStopped},
 }
 
+// NewControlError describes err as the control socket answers it: its
+// Reason (that of the first sentinel it wraps, or ReasonFailed), its
+// text, and for a *ChildError the new generation's pid and exit status.
+// A ControlHandler uses it for Stats.LastFailure.
+func NewControlError(err error) *ControlError { return controlError(err) }
+
 // controlError describes an error from Upgrade for the control protocol
 // and Stats.
 func controlError(err error) *ControlError {

@@ -7,6 +7,7 @@
 //	tableflip check [flags] -- ./myserver args…  check your own server
 //	tableflip upgrade -socket PATH [-timeout D] [-json]
 //	tableflip status -socket PATH [-timeout D] [-json]
+//	tableflip run [flags] -- program args…          supervise any program
 //
 // upgrade asks the server whose tableflip.Options.ControlSocket is PATH to
 // upgrade and prints the outcome: exit status 0 when the new generation is
@@ -33,6 +34,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/seed589fcc9d/tableflip/internal/supervisor"
 )
 
 // Exit statuses.
@@ -60,6 +63,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return controlCommand(args[0], args[1:], stdout, stderr)
 	case sampleServerCommand:
 		return sampleServer(args[1:], stderr)
+	case "run":
+		return runCommand(args[1:], stderr)
+	case supervisor.ZygoteCommand:
+		return zygoteCommand(args[1:], stderr)
+	case supervisor.StateCommand:
+		return runStateCommand(args[1:], stderr)
 	case "help", "-h", "-help", "--help":
 		usage(stdout)
 		return exitOK
@@ -79,5 +88,7 @@ commands:
            whether it worked (tableflip upgrade -socket PATH)
   status   show a running server's generation and upgrades
            (tableflip status -socket PATH)
+  run      supervise any program with zero-downtime upgrades, under a pid
+           that never changes (tableflip run -h for its flags)
 `)
 }
