@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -401,7 +402,11 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 	ctx2, cancel := context.WithTimeout(ctx, c.cfg.upgradeTimeout)
 	defer cancel()
 	var pid int
+	server := 0 // under a supervisor (tableflip run): its pid, which stays
 	if c.cfg.control != "" {
+		if g := c.servingGeneration(ctx2, old); g != old {
+			server, old, u.OldPID = old, g, g
+		}
 		// The answer names the new generation: no PID file to watch.
 		if pid, err = c.controlUpgrade(ctx, ctx2, n, gen, old); err != nil {
 			return err
@@ -453,7 +458,7 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 	ready := time.Now()
 	u.NewPID, u.ReadyAt, u.ToReady = pid, ready.Sub(c.epoch), ready.Sub(t0)
 	c.olds = append(c.olds, old)
-	c.setCurrent(pid, true)
+	c.setCurrent(cmp.Or(server, pid), true)
 
 	ctx3, cancel3 := context.WithTimeout(ctx, c.cfg.exitTimeout)
 	defer cancel3()
@@ -531,9 +536,9 @@ func (c *checker) findLeftovers() {
 			// Ours, being reaped.
 		case p.State == "Z":
 			c.rep.Leftovers = append(c.rep.Leftovers, leftover{p, "zombie: its parent does not wait for it"})
-		case inCurrent[p.PID]:
 		case slices.Contains(c.olds, p.PID):
 			c.rep.Leftovers = append(c.rep.Leftovers, leftover{p, fmt.Sprintf("old generation %d still running", slices.Index(c.olds, p.PID)+1)})
+		case inCurrent[p.PID]:
 		default:
 			c.rep.Leftovers = append(c.rep.Leftovers, leftover{p, "stray process, not part of the running generation"})
 		}
