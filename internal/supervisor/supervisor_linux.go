@@ -60,7 +60,7 @@ type supervisor struct {
 	current    *release   // the serving generation's
 	previous   *release   // the one that served before current
 	releases   []*release // every one open: these, and live generations'
-	streak     int      // replacements in a row of generations that died
+	streak     int        // replacements in a row of generations that died
 	restart    *time.Timer
 	restartSeq int
 	attempted  uint64
@@ -902,4 +902,3 @@ func statusText(format string, args ...any) string {
 	}
 	return s
 }
-
