@@ -213,7 +213,9 @@ func writeStatus(w io.Writer, st *tableflip.Stats, now time.Time) {
 	if f := st.LastFailure; f != nil {
 		fmt.Fprintf(w, "last failure  %s: %s\n", st.LastFailureAt.Format(time.RFC3339), strings.ReplaceAll(describeControlError(f), "\n  ", "\n              "))
 	}
-	if len(st.Generations) > 1 {
+	// One generation alone is this process, unless a supervisor
+	// (tableflip run) answers for the program's.
+	if len(st.Generations) > 1 || len(st.Generations) == 1 && st.Generations[0].PID != st.PID {
 		fmt.Fprintln(w, "generations   (oldest first)")
 		for _, g := range st.Generations {
 			conns := "conns ?"

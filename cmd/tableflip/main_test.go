@@ -42,6 +42,9 @@ var helpers = map[string]func(addr, pidFile string) int{
 var usedHelpers = map[string]bool{}
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && isRunCommand(os.Args[1]) {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	if name := os.Getenv(helperEnv); name != "" {
 		os.Exit(helpers[name](os.Args[1], os.Args[2]))
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/seed589fcc9d/tableflip/internal/pidfile"
 	"github.com/seed589fcc9d/tableflip/internal/proc"
 	"github.com/seed589fcc9d/tableflip/systemd"
+	"golang.org/x/sys/unix"
 )
 
 // killGrace is how long a new generation that failed has between
@@ -161,6 +162,10 @@ func Run(opts Options) error {
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	// Descriptors inherited from whoever started the supervisor are
+	// not the program's business (systemd closes them too); those it
+	// hands over are marked again where they are taken.
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 
 	s := &supervisor{
 		opts:   opts,
@@ -621,7 +626,6 @@ func (s *supervisor) ready(g *generation) {
 	}
 	s.prune()
 	took := g.ReadyAt.Sub(g.Started)
-	s.log.Info("tableflip run: generation ready", "generation", g.N, "pid", g.PID, "took", took)
 	status := systemd.Status(statusText("Serving: generation %d (pid %d)", g.N, g.PID))
 	switch g.why {
 	case kindFirst:
@@ -643,6 +647,10 @@ func (s *supervisor) ready(g *generation) {
 		g.reply <- upgradeResult{out: tableflip.UpgradeOutcome{PID: g.PID, Generation: g.N, Seconds: took.Seconds()}}
 		g.reply = nil
 	}
+	// Logged once what it announces (the PID file, systemd, status)
+	// is done.
+	s.publish()
+	s.log.Info("tableflip run: generation ready", "generation", g.N, "pid", g.PID, "took", took)
 	s.maybeReexec()
 }
 

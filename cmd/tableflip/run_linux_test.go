@@ -1,0 +1,350 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/seed589fcc9d/tableflip"
+	"github.com/seed589fcc9d/tableflip/internal/realsystemd"
+)
+
+// python3 returns Debian's python3 (or the first in $PATH); a test that
+// needs it fails in CI without it, and skips elsewhere.
+func python3(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{"/usr/bin/python3"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	p, err := exec.LookPath("python3")
+	if err != nil {
+		realsystemd.SkipOrFail(t, "no python3 (apt-get install python3)")
+	}
+	return p
+}
+
+// TestRunPythonUnderCheck is the issue's test: a server in a few lines of
+// Python 3 (examples/python), upgraded under load by tableflip check
+// through tableflip run's control socket, loses no request and leaves
+// nothing behind.
+func TestRunPythonUnderCheck(t *testing.T) {
+	py := python3(t)
+	script, err := filepath.Abs("../../examples/python/server.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	control, pidFile := filepath.Join(dir, "control.sock"), filepath.Join(dir, "run.pid")
+	t.Setenv("GORACE", "atexit_sleep_ms=0")
+	code, stdout, _ := runCheckCmd(t, "-upgrades", "10", "-control", control, "-pidfile", pidFile, "-url", "http://"+addr+"/",
+		"--", exe, "run", "-listen", "tcp://"+addr, "-control", control, "-pidfile", pidFile, "--", py, script)
+	if code != exitOK || !strings.Contains(stdout, "verdict: PASS") {
+		t.Fatalf("tableflip check exited %d, want 0 with verdict: PASS; its report:\n%s", code, stdout)
+	}
+	// The supervisor's pid stayed; ten generations came and went.
+	if !strings.Contains(stdout, "upgrades           10 of 10 done") {
+		t.Errorf("report does not say 10 of 10 upgrades done:\n%s", stdout)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestRunUpgrade: an upgrade through the control socket starts a new
+// generation with the same socket, answers with its pid and generation
+// once it is ready, and drains the old one; the supervisor's pid, the PID
+// file and the program's LISTEN_PID check all hold; status lists the
+// generations.
+func TestRunUpgrade(t *testing.T) {
+	r := startRun(t, runOptions{mode: "status=hello"})
+	first := r.serving()
+	if a, err := r.get(); err != nil || answerPID(a) != first {
+		t.Fatalf("answer %q (%v), want one from the first generation, pid %d", a, err, first)
+	}
+	resp := r.call(tableflip.ControlUpgrade)
+	if !resp.OK || resp.Upgrade == nil || resp.Upgrade.Generation != 2 || resp.Upgrade.PID == first || resp.Upgrade.PID == r.cmd.Process.Pid {
+		t.Fatalf("upgrade: %+v (error %v), want ok, generation 2, a new pid", resp, resp.Error)
+	}
+	second := resp.Upgrade.PID
+	// The old generation accepts until it has acted on -stop-signal,
+	// and serves what it accepted; once it has exited, the new one
+	// answers.
+	r.waitLog(fmt.Sprintf(`msg="tableflip run: generation exited" generation=1 pid=%d status="exit status 0"`, first))
+	if a, err := r.get(); err != nil || answerPID(a) != second {
+		t.Errorf("after the upgrade: answer %q (%v), want one from pid %d", a, err, second)
+	}
+	st := r.status()
+	if st.PID != r.cmd.Process.Pid || st.Generation != 2 || !st.Ready || st.UpgradesSucceeded != 1 ||
+		len(st.Generations) != 1 || st.Generations[0].PID != second || st.Generations[0].ParentPID != st.PID {
+		t.Errorf("status after the upgrade: %+v, want pid %d (the supervisor), generation 2, one upgrade, generations [%d]", st, r.cmd.Process.Pid, second)
+	}
+	if pid, _ := readPIDFile(r.pidFile); pid != r.cmd.Process.Pid {
+		t.Errorf("PID file names %d, want the supervisor, %d", pid, r.cmd.Process.Pid)
+	}
+	// tableflip status prints the program's generation, even alone.
+	var out, errb bytes.Buffer
+	if code := run([]string{"status", "-socket", r.control}, &out, &errb); code != exitOK || !strings.Contains(out.String(), fmt.Sprintf("pid %-8d generation 2", second)) {
+		t.Errorf("tableflip status: exit %d\n%s%s\nwant a line naming generation 2, pid %d", code, out.String(), errb.String(), second)
+	}
+	if code := r.stop(); code != 0 {
+		t.Errorf("tableflip run exited %d after SIGTERM, want 0", code)
+	}
+	for _, path := range []string{r.pidFile, r.control} {
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("%s is still there after the stop (%v)", path, err)
+		}
+	}
+	if !gone(second) {
+		t.Errorf("generation 2 (pid %d) outlived the supervisor", second)
+	}
+}
+
+// TestRunSIGHUP: SIGHUP to the supervisor upgrades, as systemd's reload
+// does; a STATUS= with READY=1 is the program's own business.
+func TestRunSIGHUP(t *testing.T) {
+	r := startRun(t, runOptions{})
+	first := r.serving()
+	from := r.mark()
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	if _, err := r.awaitLog(`msg="tableflip run: generation ready" generation=2 `, from); err != nil {
+		t.Fatal(err)
+	}
+	if second := r.serving(); second == first {
+		t.Errorf("after SIGHUP the serving generation is still pid %d", first)
+	}
+	if r.stop() != 0 {
+		t.Error("tableflip run did not exit 0 after SIGTERM")
+	}
+}
+
+// TestRunFailedUpgrade: a new generation that exits before it is ready,
+// or is not ready in time, is stopped and reaped; the old one serves on,
+// and the answer says why, with the pid and exit status.
+func TestRunFailedUpgrade(t *testing.T) {
+	modeFile := filepath.Join(t.TempDir(), "mode")
+	os.WriteFile(modeFile, []byte("serve"), 0o644)
+	r := startRun(t, runOptions{mode: "file:" + modeFile, flags: []string{"-upgrade-timeout", "1s"}})
+	first := r.serving()
+	for _, tc := range []struct {
+		mode, reason, status string
+	}{
+		{"exit=3", tableflip.ReasonChildExited, "exit 3"},
+		{"hang", tableflip.ReasonTimeout, "exit 7"}, // it exits 7 on -stop-signal
+	} {
+		os.WriteFile(modeFile, []byte(tc.mode), 0o644)
+		resp := r.call(tableflip.ControlUpgrade)
+		e := resp.Error
+		switch {
+		case resp.OK || e == nil:
+			t.Errorf("%s: upgrade answered %+v, want a failure", tc.mode, resp)
+		case e.Reason != tc.reason || e.PID == 0 || e.PID == first || e.ExitCode == nil || "exit "+fmt.Sprint(*e.ExitCode) != tc.status:
+			t.Errorf("%s: answer %+v (exit code %v), want reason %s, the new pid and %s", tc.mode, e, e.ExitCode, tc.reason, tc.status)
+		case !gone(e.PID):
+			t.Errorf("%s: the failed generation (pid %d) still runs after the answer", tc.mode, e.PID)
+		}
+		if a, err := r.get(); err != nil || answerPID(a) != first {
+			t.Errorf("%s: after the failed upgrade: answer %q (%v), want the old generation, pid %d", tc.mode, a, err, first)
+		}
+	}
+	st := r.status()
+	if st.UpgradesFailed != 2 || st.LastFailure == nil || st.LastFailure.Reason != tableflip.ReasonTimeout {
+		t.Errorf("status: %d failed, last failure %+v; want 2, the timeout", st.UpgradesFailed, st.LastFailure)
+	}
+	// Refusals start nothing.
+	os.WriteFile(modeFile, []byte("serve,wait=300ms"), 0o644)
+	done := make(chan *tableflip.ControlResponse, 1)
+	from := r.mark()
+	go func() {
+		resp, _ := tableflip.ControlCall(context.Background(), r.control, tableflip.ControlUpgrade)
+		done <- resp
+	}()
+	if _, err := r.awaitLog(`msg="tableflip run: generation starting" generation=2`, from); err != nil {
+		t.Fatal(err)
+	}
+	if resp := r.call(tableflip.ControlUpgrade); resp.OK || resp.Error.Reason != tableflip.ReasonInProgress {
+		t.Errorf("an upgrade during an upgrade: %+v, want reason %s", resp.Error, tableflip.ReasonInProgress)
+	}
+	if resp := <-done; resp == nil || !resp.OK {
+		t.Errorf("the slow upgrade: %+v, want success", resp)
+	}
+	r.stop()
+}
+
+// TestRunDrainTimeout: an old generation that ignores -stop-signal is
+// killed at -drain-timeout, and so is the last one at the end.
+func TestRunDrainTimeout(t *testing.T) {
+	r := startRun(t, runOptions{mode: "ignore-term", flags: []string{"-drain-timeout", "200ms"}})
+	first := r.serving()
+	if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
+		t.Fatalf("upgrade: %v", resp.Error)
+	}
+	r.waitLog(fmt.Sprintf(`msg="tableflip run: drain deadline passed; SIGKILL" generation=1 pid=%d`, first))
+	r.waitLog(fmt.Sprintf(`msg="tableflip run: generation exited" generation=1 pid=%d status="killed by signal killed"`, first))
+	if code := r.stop(); code != 0 {
+		t.Errorf("exit %d, want 0", code)
+	}
+	if !strings.Contains(r.output(), `generation=2`) || !strings.Contains(r.output(), `msg="tableflip run: drain deadline passed; SIGKILL" generation=2`) {
+		t.Errorf("the last generation was not killed at the drain deadline of the stop:\n%s", r.output())
+	}
+}
+
+// TestRunReplaceDead: a generation that dies after it was ready is
+// replaced, with a backoff that doubles.
+func TestRunReplaceDead(t *testing.T) {
+	modeFile := filepath.Join(t.TempDir(), "mode")
+	os.WriteFile(modeFile, []byte("serve,die=50ms"), 0o644)
+	r := startRun(t, runOptions{mode: "file:" + modeFile, flags: []string{"-backoff", "10ms"}})
+	r.waitLog(`msg="tableflip run: replacing the generation" in=10ms attempt=1`)
+	r.waitLog(`msg="tableflip run: replacing the generation" in=20ms attempt=2`)
+	os.WriteFile(modeFile, []byte("serve"), 0o644)
+	from := r.mark()
+	for {
+		line, err := r.awaitLog(`msg="tableflip run: generation ready"`, from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		from = r.mark()
+		if a, err := r.get(); err == nil && strings.HasSuffix(a, "mode serve") {
+			break
+		}
+		_ = line
+	}
+	if st := r.status(); !st.Ready || st.UpgradesAttempted != 0 {
+		t.Errorf("status: %+v, want ready and no upgrade counted", st)
+	}
+	r.stop()
+}
+
+// TestRunRollback: with -rollback, a release that dies soon after it
+// became ready is replaced by the previous release, started from the
+// supervisor's descriptor of it although the file on disk is the new one.
+func TestRunRollback(t *testing.T) {
+	dir := t.TempDir()
+	self, _ := os.Executable()
+	prog := filepath.Join(dir, "prog")
+	release := func(mode string) {
+		// A release is its executable file: a script that runs the
+		// helper in mode, installed by rename as a deploy does.
+		script := fmt.Sprintf("#!/bin/sh\n%s=run-program %s=%s exec %s x y\n", helperEnv, runModeEnv, mode, self)
+		tmp := prog + ".new"
+		if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, prog); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release("v1")
+	r := startRun(t, runOptions{program: []string{prog}, flags: []string{"-rollback", "-rollback-grace", "1m", "-backoff", "1h"}})
+	release("v2,die=300ms")
+	if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
+		t.Fatalf("upgrade to v2: %v", resp.Error)
+	}
+	r.waitLog(`msg="tableflip run: rolling back to the previous release"`)
+	r.waitLog(`msg="tableflip run: generation ready" generation=3 `)
+	a, err := r.get()
+	if err != nil || !strings.HasSuffix(a, "mode v1") {
+		t.Errorf("after the rollback: answer %q (%v), want one from v1", a, err)
+	}
+	if b, _ := os.ReadFile(prog); !strings.Contains(string(b), "v2") {
+		t.Errorf("the file on disk is not v2 any more: %q", b)
+	}
+	r.stop()
+}
+
+// TestRunReadyProbe: with -ready tcp or http the new generation is ready
+// only once it has itself accepted the probe: while it waits, the old
+// generation accepts from the same socket, and its answers do not count.
+func TestRunReadyProbe(t *testing.T) {
+	for _, ready := range []string{"tcp", "http://ADDR/health"} {
+		t.Run(strings.SplitN(ready, ":", 2)[0], func(t *testing.T) {
+			dir := t.TempDir()
+			modeFile, marker := filepath.Join(dir, "mode"), filepath.Join(dir, "accepting")
+			os.WriteFile(modeFile, []byte("quiet"), 0o644)
+			addr := freeAddr(t)
+			r := startRun(t, runOptions{addr: addr, mode: "file:" + modeFile,
+				flags: []string{"-ready", strings.Replace(ready, "ADDR", addr, 1)}})
+			first := r.serving()
+			os.WriteFile(modeFile, []byte("quiet,wait=300ms,marker="+marker), 0o644)
+			resp := r.call(tableflip.ControlUpgrade)
+			if !resp.OK {
+				t.Fatalf("upgrade: %v", resp.Error)
+			}
+			b, err := os.ReadFile(marker)
+			if err != nil || string(b) != fmt.Sprint(resp.Upgrade.PID) {
+				t.Errorf("the upgrade succeeded before the new generation accepted (marker %q, %v; new pid %d, old %d)", b, err, resp.Upgrade.PID, first)
+			}
+			r.stop()
+		})
+	}
+}
+
+// TestRunUsage: bad command lines are refused with what was wrong.
+func TestRunUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "no program"},
+		{[]string{"-listen", "tcp://127.0.0.1", "--", "x"}, "missing port"},
+		{[]string{"-listen", "sctp://x:1", "--", "x"}, `network "sctp"`},
+		{[]string{"-listen", "a:b=tcp://127.0.0.1:1", "--", "x"}, "not allowed"},
+		{[]string{"-ready", "smoke", "--", "x"}, "want notify, tcp"},
+		{[]string{"-ready", "delay=2m", "--", "x"}, "not shorter than -upgrade-timeout"},
+		{[]string{"-stop-signal", "NOPE", "--", "x"}, "unknown signal"},
+		{[]string{"-upgrade-timeout", "0", "--", "x"}, "must be positive"},
+		{[]string{"-ready", "tcp", "--", "/bin/true"}, "-ready tcp: the program gets no TCP socket"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(append([]string{"run"}, tc.args...), &out, &errb)
+		want := exitUsage
+		if tc.want == "-ready tcp: the program gets no TCP socket" {
+			want = exitFailed
+		}
+		if code != want || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("run %q: exit %d, %q; want exit %d and %q", tc.args, code, errb.String(), want, tc.want)
+		}
+	}
+}
+
+// TestRunFirstGenerationFails: a program that cannot start makes the
+// supervisor exit 1 with the reason, and leave nothing behind.
+func TestRunFirstGenerationFails(t *testing.T) {
+	r := launchRun(t, runOptions{mode: "exit=4"})
+	if code := r.wait(); code != exitFailed {
+		t.Errorf("exit %d, want %d", code, exitFailed)
+	}
+	if out := r.output(); !strings.Contains(out, "new generation exited before it was ready") || !strings.Contains(out, "exit status 4") {
+		t.Errorf("output does not say the program exited 4 before it was ready:\n%s", out)
+	}
+	for _, path := range []string{r.pidFile, r.control} {
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("%s left behind (%v)", path, err)
+		}
+	}
+	if left := slices.DeleteFunc(descendants(os.Getpid()), func(p procStat) bool { return p.State == "Z" }); len(left) > 0 {
+		t.Errorf("processes left: %+v", left)
+	}
+}
