@@ -133,6 +133,11 @@ func runProgram(_, _ string) int {
 	case <-die:
 		return 1
 	}
+	// What a program on the library says at its final Stop, and what no
+	// generation may make the supervisor tell systemd.
+	if n, err := systemd.NewNotifier(); err == nil {
+		n.Notify(systemd.Stopping, systemd.MainPID(os.Getpid()))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)
@@ -162,7 +167,10 @@ type runOptions struct {
 	mode    string   // runModeEnv
 	program []string // instead of the helper program
 	exe     string   // the supervisor's executable, instead of the test binary
+	wrap    []string // a command that runs the supervisor (systemd-socket-activate)
 	env     []string
+	// noListen leaves -listen out: the sockets come from wrap.
+	noListen bool
 }
 
 // startRun starts tableflip run with a TCP socket on a free loopback port,
@@ -181,6 +189,13 @@ func startRun(t *testing.T, o runOptions) *runProc {
 // launchRun starts tableflip run and returns at once.
 func launchRun(t *testing.T, o runOptions) *runProc {
 	t.Helper()
+	return launchRunPrepared(t, o, nil)
+}
+
+// launchRunPrepared is launchRun with prepare called on the command
+// before it starts.
+func launchRunPrepared(t *testing.T, o runOptions, prepare func(*exec.Cmd)) *runProc {
+	t.Helper()
 	usedHelpers["run-program"] = true
 	dir := t.TempDir()
 	addr := o.addr
@@ -198,7 +213,11 @@ func launchRun(t *testing.T, o runOptions) *runProc {
 		control: filepath.Join(dir, "control.sock"), pidFile: filepath.Join(dir, "run.pid"),
 		more: make(chan struct{}), done: make(chan struct{}),
 	}
-	args := append([]string{"run", "-listen", "web=tcp://" + addr, "-control", r.control, "-pidfile", r.pidFile}, o.flags...)
+	args := []string{"run", "-control", r.control, "-pidfile", r.pidFile}
+	if !o.noListen {
+		args = append(args, "-listen", "web=tcp://"+addr)
+	}
+	args = append(args, o.flags...)
 	program := o.program
 	if program == nil {
 		self, _ := os.Executable()
@@ -207,7 +226,11 @@ func launchRun(t *testing.T, o runOptions) *runProc {
 		program = []string{"/usr/bin/env", helperEnv + "=run-program", self, "x", "y"}
 	}
 	args = append(append(args, "--"), program...)
-	r.cmd = exec.Command(exe, args...)
+	args = append([]string{exe}, args...)
+	if o.wrap != nil {
+		args = append(append([]string(nil), o.wrap...), args...)
+	}
+	r.cmd = exec.Command(args[0], args[1:]...)
 	r.cmd.Dir = dir
 	r.cmd.Env = append(os.Environ(), runModeEnv+"="+o.mode, "GORACE=atexit_sleep_ms=0")
 	r.cmd.Env = append(r.cmd.Env, o.env...)
@@ -216,6 +239,9 @@ func launchRun(t *testing.T, o runOptions) *runProc {
 		t.Fatal(err)
 	}
 	r.cmd.Stdout = r.cmd.Stderr
+	if prepare != nil {
+		prepare(r.cmd)
+	}
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

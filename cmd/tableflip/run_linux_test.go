@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/seed589fcc9d/tableflip"
 	"github.com/seed589fcc9d/tableflip/internal/realsystemd"
@@ -346,5 +347,201 @@ func TestRunFirstGenerationFails(t *testing.T) {
 	}
 	if left := slices.DeleteFunc(descendants(os.Getpid()), func(p procStat) bool { return p.State == "Z" }); len(left) > 0 {
 		t.Errorf("processes left: %+v", left)
+	}
+}
+
+// TestRunProgramEnvironment: the program gets its socket as systemd
+// passes one (fd 3, LISTEN_FDS, LISTEN_FDNAMES with the -listen name,
+// LISTEN_PID its own pid) and the supervisor's NOTIFY_SOCKET, and nothing
+// else of the supervisor's: no other descriptor, no state variable.
+func TestRunProgramEnvironment(t *testing.T) {
+	// A descriptor the supervisor inherits must not reach the program.
+	leak, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leak.Close()
+	r := launchRunWithFiles(t, runOptions{}, leak)
+	r.waitLog(`msg="tableflip run: generation ready" generation=1 `)
+	pid := r.serving()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(b), "\x00") {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	want := map[string]string{"LISTEN_FDS": "1", "LISTEN_FDNAMES": "web", "LISTEN_PID": fmt.Sprint(pid)}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("the program's %s=%q, want %q", k, env[k], v)
+		}
+	}
+	if !strings.HasPrefix(env["NOTIFY_SOCKET"], "@tableflip-run/") {
+		t.Errorf("the program's NOTIFY_SOCKET=%q, want the supervisor's own (@tableflip-run/…)", env["NOTIFY_SOCKET"])
+	}
+	for k := range env {
+		if strings.HasPrefix(k, "TABLEFLIP_RUN_STATE") {
+			t.Errorf("the program got %s", k)
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if fd.Name() == "3" && !strings.HasPrefix(link, "socket:") {
+			t.Errorf("the program's fd 3 is %s, want the socket", link)
+		}
+		if link == os.DevNull && fd.Name() != "0" {
+			t.Errorf("the program inherited the supervisor's fd as %s (%s)", fd.Name(), link)
+		}
+	}
+	r.stop()
+}
+
+// launchRunWithFiles is launchRun with extra descriptors for the
+// supervisor, as a careless parent would leave it.
+func launchRunWithFiles(t *testing.T, o runOptions, files ...*os.File) *runProc {
+	t.Helper()
+	r := launchRunPrepared(t, o, func(cmd *exec.Cmd) { cmd.ExtraFiles = files })
+	return r
+}
+
+// TestRunSystemdNotify: under systemd (a notify socket of the test's),
+// the supervisor says READY=1 once the first generation is ready, and for
+// an upgrade RELOADING=1 with MONOTONIC_USEC=, EXTEND_TIMEOUT_USEC= and
+// READY=1, also when it fails; it relays the program's STATUS=, never its
+// MAINPID= or STOPPING=1, and says STOPPING=1 itself at the end.
+func TestRunSystemdNotify(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msgs := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	next := func(what string, want ...string) string {
+		t.Helper()
+		for {
+			select {
+			case m := <-msgs:
+				if strings.Contains(m, "MAINPID=") {
+					t.Errorf("the supervisor sent %q: a generation's MAINPID= reached systemd", m)
+				}
+				ok := true
+				for _, w := range want {
+					ok = ok && strings.Contains(m, w)
+				}
+				if ok {
+					return m
+				}
+			case <-time.After(runWait):
+				t.Fatalf("%s: no message with %q within %v", what, want, runWait)
+			}
+		}
+	}
+	modeFile := filepath.Join(t.TempDir(), "mode")
+	os.WriteFile(modeFile, []byte("status=hello"), 0o644)
+	r := startRun(t, runOptions{mode: "file:" + modeFile, env: []string{"NOTIFY_SOCKET=" + sock}})
+	next("the program's STATUS=", "STATUS=hello")
+	next("start", "READY=1", "STATUS=Serving: generation 1")
+	r.call(tableflip.ControlUpgrade)
+	next("upgrade", "RELOADING=1", "MONOTONIC_USEC=")
+	next("upgrade", "EXTEND_TIMEOUT_USEC=")
+	next("upgrade", "READY=1", "STATUS=Serving: generation 2")
+	os.WriteFile(modeFile, []byte("exit=1"), 0o644)
+	r.call(tableflip.ControlUpgrade)
+	next("failed upgrade", "RELOADING=1")
+	next("failed upgrade", "READY=1", "STATUS=Upgrade failed; serving: generation 2")
+	r.stop()
+	m := next("stop", "STOPPING=1")
+	if !strings.Contains(m, "STATUS=Stopping") {
+		t.Errorf("STOPPING=1 in %q, want the supervisor's own", m)
+	}
+	// The supervisor has exited: everything it sent is in the socket
+	// before this sentinel.
+	c, err := net.Dial("unixgram", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("end"))
+	c.Close()
+	for {
+		select {
+		case m := <-msgs:
+			if m == "end" {
+				return
+			}
+			if strings.Contains(m, "STOPPING=1") || strings.Contains(m, "MAINPID=") {
+				t.Errorf("after the supervisor's STOPPING=1: %q (a generation's, relayed)", m)
+			}
+		case <-time.After(runWait):
+			t.Fatal("the sentinel did not arrive")
+		}
+	}
+}
+
+// TestRunSocketActivation: sockets that systemd passes to the supervisor
+// (systemd-socket-activate here) go to the program: all of them, named,
+// without -listen; a -listen with the same address takes systemd's
+// socket rather than binding its own.
+func TestRunSocketActivation(t *testing.T) {
+	activate, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		realsystemd.SkipOrFail(t, "no systemd-socket-activate (apt-get install systemd)")
+	}
+	for _, tc := range []struct {
+		name   string
+		listen bool
+		names  string
+	}{
+		{"passthrough", false, "web:other"},
+		{"listen-matches", true, "mine:other"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, other := freeAddr(t), freeAddr(t)
+			o := runOptions{
+				addr: addr, noListen: true,
+				wrap: []string{activate, "-l", addr, "-l", other, "--fdname=web:other"},
+			}
+			if tc.listen {
+				o.flags = []string{"-listen", "mine=tcp://" + addr}
+			}
+			r := launchRun(t, o)
+			r.waitLog("Listening on " + other)
+			// systemd-socket-activate starts the supervisor at the
+			// first connection, which waits in the queue meanwhile.
+			a, err := r.get()
+			if err != nil || answerPID(a) == 0 {
+				t.Fatalf("first request: %q, %v", a, err)
+			}
+			pid := answerPID(a)
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+			if !strings.Contains(string(b), "\x00LISTEN_FDS=2\x00") || !strings.Contains(string(b), "\x00LISTEN_FDNAMES="+tc.names+"\x00") {
+				t.Errorf("the program's environment lacks LISTEN_FDS=2 and LISTEN_FDNAMES=%s: %q", tc.names, strings.ReplaceAll(string(b), "\x00", " "))
+			}
+			if tc.listen && !strings.Contains(r.output(), `msg="tableflip run: using the socket systemd passed" listen="mine=tcp://`+addr+`" passed_fd=3 passed_name=web`) {
+				t.Errorf("-listen did not take systemd's socket:\n%s", r.output())
+			}
+			if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
+				t.Errorf("upgrade: %v", resp.Error)
+			}
+			r.stop()
+		})
 	}
 }

@@ -56,12 +56,13 @@ func openSockets(specs []ListenSpec, log *slog.Logger) ([]*socket, error) {
 	for _, spec := range specs {
 		i := slices.IndexFunc(passed, func(l systemd.ListenFd) bool { return l.Matches(spec.Network, spec.Addr) })
 		if i >= 0 {
-			s, err := passedSocket(passed[i], spec.Name)
+			l := passed[i]
 			passed = slices.Delete(passed, i, i+1)
+			s, err := passedSocket(l, spec.Name)
 			if err != nil {
 				return fail(err)
 			}
-			log.Info("tableflip run: using the socket systemd passed", "listen", spec.String(), "fd", s.FD)
+			log.Info("tableflip run: using the socket systemd passed", "listen", spec.String(), "passed_fd", l.Fd, "passed_name", l.Name)
 			socks = append(socks, s)
 			continue
 		}
