@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/seed589fcc9d/tableflip"
+	"github.com/seed589fcc9d/tableflip/drain"
 	"github.com/seed589fcc9d/tableflip/systemd"
 )
 
@@ -57,6 +58,7 @@ const (
 //	die=D          exit 1, D after it is ready
 //	ignore-term    ignore SIGTERM (the drain deadline's SIGKILL ends it)
 //	status=TEXT    send STATUS=TEXT with READY=1
+//	hold=FIFO      on SIGTERM, drain only once FIFO is opened for writing
 func runProgram(_, _ string) int {
 	mode := os.Getenv(runModeEnv)
 	if path, ok := strings.CutPrefix(mode, "file:"); ok {
@@ -101,10 +103,12 @@ func runProgram(_, _ string) int {
 		fmt.Fprintln(os.Stderr, "run-program:", err)
 		return 2
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// drain, as the README's program: http.Server.Shutdown alone loses
+	// requests on connections it accepted just before.
+	srv := drain.NewServer(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "pid %d mode %s\n", os.Getpid(), mode)
-	})}
+	})}, drain.Options{})
 	if path := words["marker"]; path != "" {
 		os.WriteFile(path, []byte(strconv.Itoa(os.Getpid())), 0o644)
 	}
@@ -138,9 +142,14 @@ func runProgram(_, _ string) int {
 	if n, err := systemd.NewNotifier(); err == nil {
 		n.Notify(systemd.Stopping, systemd.MainPID(os.Getpid()))
 	}
+	if fifo := words["hold"]; fifo != "" {
+		if f, err := os.Open(fifo); err == nil {
+			f.Close()
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv.Shutdown(ctx)
+	srv.Drain(ctx)
 	return 0
 }
 

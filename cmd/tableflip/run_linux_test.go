@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -543,5 +545,190 @@ func TestRunSocketActivation(t *testing.T) {
 			}
 			r.stop()
 		})
+	}
+}
+
+// installCopy writes a copy of the file at src to dst by rename, as a
+// deploy does: dst is then another file (another inode) with the same
+// content.
+func installCopy(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	installFile(t, dst, b)
+}
+
+func installFile(t *testing.T, dst string, content []byte) {
+	t.Helper()
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, content, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunSelfUpgrade: when the supervisor's own executable is replaced,
+// it re-executes itself in place after the next upgrade: the same pid,
+// the generations (a draining one included) and the sockets kept, the
+// counters carried, no request lost meanwhile. A replacement that cannot
+// take over is refused, and the supervisor serves on.
+func TestRunSelfUpgrade(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(t.TempDir(), "tableflip")
+	installCopy(t, self, exe)
+	modeFile := filepath.Join(t.TempDir(), "mode")
+	os.WriteFile(modeFile, []byte("serve"), 0o644)
+	r := startRun(t, runOptions{exe: exe, mode: "file:" + modeFile})
+	supervisorPID := r.cmd.Process.Pid
+	l := startRunLoad(r.addr)
+	defer l.stop()
+
+	// A new tableflip that cannot take over: refused.
+	installFile(t, exe, []byte("#!/bin/sh\necho 'not this one' >&2\nexit 1\n"))
+	from := r.mark()
+	if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
+		t.Fatalf("upgrade: %v", resp.Error)
+	}
+	if _, err := r.awaitLog(`msg="tableflip run: not re-executing the new executable; serving on"`, from); err != nil {
+		t.Fatal(err)
+	}
+
+	// A good one: the next upgrade re-executes it. The old generation
+	// drains across the re-execution: it holds on until the test opens
+	// the FIFO.
+	fifo := filepath.Join(t.TempDir(), "hold")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(modeFile, []byte("serve,hold="+fifo), 0o644)
+	if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
+		t.Fatalf("upgrade: %v", resp.Error)
+	}
+	first := r.serving()
+	installCopy(t, self, exe)
+	os.WriteFile(modeFile, []byte("serve"), 0o644)
+	from = r.mark()
+	resp := r.call(tableflip.ControlUpgrade)
+	if !resp.OK {
+		t.Fatalf("upgrade: %v", resp.Error)
+	}
+	if _, err := r.awaitLog(`msg="tableflip run: re-executed in place"`, from); err != nil {
+		t.Fatal(err)
+	}
+	st := r.status()
+	if st.PID != supervisorPID || st.Generation != resp.Upgrade.Generation || st.UpgradesSucceeded != 3 ||
+		len(st.Generations) != 2 || st.Generations[0].PID != first || st.Generations[0].DrainingSince.IsZero() ||
+		st.Generations[1].PID != resp.Upgrade.PID {
+		t.Errorf("status after the re-execution: %+v; want pid %d, generation %d, 3 upgrades, pid %d draining, pid %d serving",
+			st, supervisorPID, resp.Upgrade.Generation, first, resp.Upgrade.PID)
+	}
+	// The new image reaps the generation that drained across.
+	from = r.mark()
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if _, err := r.awaitLog(fmt.Sprintf(`msg="tableflip run: generation exited" generation=%d pid=%d status="exit status 0"`, resp.Upgrade.Generation-1, first), from); err != nil {
+		t.Errorf("the generation that drained across the re-execution: %v", err)
+	}
+	// The new image upgrades as the old one did.
+	if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
+		t.Errorf("an upgrade after the re-execution: %v", resp.Error)
+	}
+	if n, failed := l.stop(); n == 0 || len(failed) > 0 {
+		t.Errorf("load across the re-execution: %d requests, %d failed: %v", n, len(failed), failed)
+	}
+	if code := r.stop(); code != 0 {
+		t.Errorf("exit %d after SIGTERM, want 0", code)
+	}
+}
+
+// runLoad is a request loop, new connection per request, that never
+// retries.
+type runLoad struct {
+	stopc  chan struct{}
+	done   chan struct{}
+	n      int
+	failed []string
+}
+
+func startRunLoad(addr string) *runLoad {
+	l := &runLoad{stopc: make(chan struct{}), done: make(chan struct{})}
+	c := http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: httpWait}
+	go func() {
+		defer close(l.done)
+		for {
+			select {
+			case <-l.stopc:
+				return
+			default:
+			}
+			resp, err := c.Get("http://" + addr + "/")
+			if err == nil {
+				_, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+			}
+			l.n++
+			if err != nil && len(l.failed) < 10 {
+				l.failed = append(l.failed, err.Error())
+			}
+		}
+	}()
+	return l
+}
+
+// stop ends the loop and returns how many requests it sent and how the
+// failed ones failed (the first ten).
+func (l *runLoad) stop() (int, []string) {
+	select {
+	case <-l.stopc:
+	default:
+		close(l.stopc)
+	}
+	<-l.done
+	return l.n, l.failed
+}
+
+// TestRunLibraryServer: a Go program built on this library (the README's,
+// examples/server) runs under tableflip run unchanged: it takes the
+// socket through socket activation (Options.Systemd), says READY=1, and
+// drains on SIGTERM; under load, upgrades lose nothing.
+func TestRunLibraryServer(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		realsystemd.SkipOrFail(t, "no go command to build examples/server with")
+	}
+	server := filepath.Join(t.TempDir(), "server")
+	if out, err := exec.Command(goTool, "build", "-o", server, "github.com/seed589fcc9d/tableflip/examples/server").CombinedOutput(); err != nil {
+		t.Fatalf("go build examples/server: %v\n%s", err, out)
+	}
+	addr := freeAddr(t)
+	r := startRun(t, runOptions{addr: addr, program: []string{server, "-addr", addr}})
+	l := startRunLoad(addr)
+	for range 5 {
+		if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
+			t.Fatalf("upgrade: %v", resp.Error)
+		}
+	}
+	if n, failed := l.stop(); n == 0 || len(failed) > 0 {
+		t.Errorf("load across 5 upgrades: %d requests, %d failed: %v", n, len(failed), failed)
+	}
+	if code := r.stop(); code != 0 {
+		t.Errorf("exit %d after SIGTERM, want 0", code)
+	}
+	out := r.output()
+	if strings.Contains(out, "tableflip: socket activation") || !strings.Contains(out, "tableflip: using a socket systemd passed") {
+		t.Errorf("the server did not take its socket from the supervisor by socket activation:\n%s", out)
+	}
+	if n := strings.Count(out, `status="exit status 0"`); n != 6 {
+		t.Errorf("%d generations exited with status 0, want 6 (each drained):\n%s", n, out)
 	}
 }
