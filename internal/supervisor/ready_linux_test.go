@@ -66,18 +66,18 @@ func TestNotifySocket(t *testing.T) {
 	defer n.closeFD()
 	got := make(chan notifyMsg, 1)
 	go n.read(func(m notifyMsg) { got <- m })
-	c, err := net.Dial("unixgram", n.Name)
+	c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer unix.Close(c)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pr.Close()
 	rights := unix.UnixRights(int(pw.Fd()))
-	if _, _, err := c.(*net.UnixConn).WriteMsgUnix([]byte("READY=1\nSTATUS=fine\n"), rights, nil); err != nil {
+	if err := unix.Sendmsg(c, []byte("READY=1\nSTATUS=fine\n"), rights, &unix.SockaddrUnix{Name: n.Name}, 0); err != nil {
 		t.Fatal(err)
 	}
 	pw.Close()
