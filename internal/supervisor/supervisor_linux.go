@@ -469,7 +469,6 @@ func (s *supervisor) startGeneration(kind startKind, reply chan upgradeResult) e
 	}()
 	z.exec(req, exe, func(err error) { s.post(launchedEvent{g, err}) })
 	s.setTimer(g, s.opts.UpgradeTimeout)
-	s.launcher.prestart()
 	how := req.Path
 	if req.ByFD {
 		how = fmt.Sprintf("%s (by descriptor: the file was replaced)", rel.Path)
@@ -616,7 +615,7 @@ func (s *supervisor) ready(g *generation) {
 	s.serving, s.starting = g, nil
 	s.lastN = g.N
 	if old != nil {
-		s.drain(old)
+		s.retire(old)
 	}
 	switch {
 	case g.why == kindRollback:
@@ -643,13 +642,23 @@ func (s *supervisor) ready(g *generation) {
 	default:
 		s.sdNotify("status", status)
 	}
+	// Status tells the new state before the answer goes out.
+	s.publish()
 	if g.reply != nil {
 		g.reply <- upgradeResult{out: tableflip.UpgradeOutcome{PID: g.PID, Generation: g.N, Seconds: took.Seconds()}}
 		g.reply = nil
 	}
+	// The old generation's drain, once the answer is out: the two would
+	// compete for the CPU, and the old one serves until it acts on the
+	// signal anyway.
+	if old != nil {
+		s.stopDraining(old)
+	}
+	// The next zygote, once this generation no longer needs the CPU for
+	// its start and the answer is out: they would compete for it.
+	s.launcher.prestart()
 	// Logged once what it announces (the PID file, systemd, status)
 	// is done.
-	s.publish()
 	s.log.Info("tableflip run: generation ready", "generation", g.N, "pid", g.PID, "took", took)
 	s.maybeReexec()
 }
@@ -657,14 +666,24 @@ func (s *supervisor) ready(g *generation) {
 // drain tells g to stop, and with DrainTimeout bounds how long it may
 // take.
 func (s *supervisor) drain(g *generation) {
+	s.retire(g)
+	s.stopDraining(g)
+}
+
+// retire makes g a draining generation, the first half of drain.
+func (s *supervisor) retire(g *generation) {
 	g.St, g.DrainingSince = draining, time.Now()
 	if s.serving == g {
 		s.serving = nil
 	}
-	s.signal(g, s.opts.StopSignal)
 	if s.opts.DrainTimeout > 0 {
 		s.setTimer(g, s.opts.DrainTimeout)
 	}
+}
+
+// stopDraining sends a retired g the stop signal, the second half.
+func (s *supervisor) stopDraining(g *generation) {
+	s.signal(g, s.opts.StopSignal)
 	s.log.Info("tableflip run: generation draining", "generation", g.N, "pid", g.PID, "signal", proc.SignalName(s.opts.StopSignal))
 }
 
@@ -766,6 +785,9 @@ func (s *supervisor) failedStart(g *generation, err error, reply chan upgradeRes
 	}
 	if reply != nil {
 		reply <- upgradeResult{err: err}
+	}
+	if !s.stopping && s.fatal == nil {
+		s.launcher.prestart()
 	}
 	if s.serving == nil && !s.stopping {
 		s.scheduleReplacement(nil)
