@@ -33,6 +33,7 @@ func TestRun(t *testing.T) {
 		conns:          4,
 		steady:         1,
 		footprint:      2,
+		runUpgrades:    2,
 		out:            "-",
 	}
 	res, err := run(ctx, cfg, testWriter{t})
@@ -58,8 +59,13 @@ func TestRun(t *testing.T) {
 			}
 		}
 	}
+	for _, impl := range []string{runLibrary, runRun} {
+		if n := len(res.run[impl]); n != cfg.runUpgrades {
+			t.Errorf("figure 6, %s: %d upgrades measured, want %d", impl, n, cfg.runUpgrades)
+		}
+	}
 	md := res.markdown()
-	for _, want := range []string{"## 1.", "## 2.", "N=20 median", "## 3.", "## 4.", "## 5.", "## Targets"} {
+	for _, want := range []string{"## 1.", "## 2.", "N=20 median", "## 3.", "## 4.", "## 5.", "## 6.", "## Targets"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}

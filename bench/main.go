@@ -76,6 +76,7 @@ type config struct {
 	conns          int   // load clients
 	steady         int   // figure 4: steady-state seconds per implementation
 	footprint      int   // figure 5, upgrades per implementation
+	runUpgrades    int   // figure 6, upgrades per implementation
 	strace         bool
 	profile        bool
 	out            string
@@ -95,6 +96,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.conns, "conns", 16, "`n` concurrent load clients")
 	fs.IntVar(&c.steady, "steady", 15, "`seconds` of steady-state load per implementation")
 	fs.IntVar(&c.footprint, "footprint-upgrades", 1000, "`n` upgrades per implementation before comparing fds and RSS")
+	fs.IntVar(&c.runUpgrades, "run-upgrades", 50, "`n` upgrades of the README program alone and under tableflip run, alternating")
 	fs.BoolVar(&c.strace, "strace", true, "count the syscalls of one upgrade per implementation with strace -c -f, if strace is installed")
 	fs.BoolVar(&c.profile, "profile", true, "take a CPU profile of each server under steady load and summarise it with go tool pprof, if go is installed")
 	fs.StringVar(&c.out, "out", defaultOut(), "`file` to write the report to (- for standard output)")
@@ -115,6 +117,7 @@ func parseFlags(args []string) (*config, error) {
 			"segment":            func() { c.segment = 10 },
 			"steady":             func() { c.steady = 3 },
 			"footprint-upgrades": func() { c.footprint = 100 },
+			"run-upgrades":       func() { c.runUpgrades = 20 },
 		}
 		for name, f := range quick {
 			if !set[name] {
@@ -133,7 +136,7 @@ func parseFlags(args []string) (*config, error) {
 		}
 		c.sockets = append(c.sockets, n)
 	}
-	if c.upgrades < 1 || c.socketUpgrades < 1 || c.loadUpgrades < 1 || c.segment < 1 || c.conns < 1 || c.footprint < 1 || c.steady < 1 {
+	if c.upgrades < 1 || c.socketUpgrades < 1 || c.loadUpgrades < 1 || c.segment < 1 || c.conns < 1 || c.footprint < 1 || c.steady < 1 || c.runUpgrades < 1 {
 		fmt.Fprintln(fs.Output(), "bench: counts must be at least 1")
 		return nil, flag.ErrHelp
 	}

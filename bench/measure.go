@@ -33,6 +33,7 @@ type results struct {
 	steady    map[string]*latencies      // figure 4
 	storm     map[string]*latencies      // figure 4: the keepalive segments of figure 3
 	footprint map[string]*footprint      // figure 5
+	run       map[string][]runResult     // figure 6
 	strace    []straceResult
 	profiles  []profileResult
 	notes     []string
@@ -187,7 +188,7 @@ func run(ctx context.Context, cfg *config, progress io.Writer) (*results, error)
 		return nil, err
 	}
 	defer h.close()
-	b := &bencher{ctx: ctx, cfg: cfg, h: h, res: res, out: progress}
+	b := &bencher{ctx: ctx, cfg: cfg, h: h, res: res, out: progress, dir: dir}
 
 	steps := []struct {
 		name string
@@ -199,6 +200,7 @@ func run(ctx context.Context, cfg *config, progress io.Writer) (*results, error)
 		{"steady state", b.steadyState},
 		{"fds and RSS", b.footprints},
 		{"syscall counts", b.straces},
+		{"tableflip run", b.runVsLibrary},
 	}
 	for _, s := range steps {
 		t := time.Now()
@@ -213,6 +215,7 @@ func run(ctx context.Context, cfg *config, progress io.Writer) (*results, error)
 }
 
 type bencher struct {
+	dir string // the run's temporary directory
 	ctx context.Context
 	cfg *config
 	h   *hub

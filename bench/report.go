@@ -231,6 +231,9 @@ func (r *results) markdown() string {
 	t.row(fmt.Sprintf("RSS, generation %d", gens), fp(func(f *footprint) float64 { return float64(f.Last.RSS) }), mib)
 	b.WriteString("\n")
 
+	// Figure 6.
+	runMedian := r.runFigure(&b)
+
 	// Targets.
 	b.WriteString("## Targets of issue 5\n\n")
 	b.WriteString("Judged from this run, as measured; a miss is a miss.\n\n")
@@ -281,6 +284,9 @@ func (r *results) markdown() string {
 		if len(r.profiles) > 0 {
 			notes[len(notes)-1] += " The CPU profiles below show what each server spends its time on, and how much of it is in package drain."
 		}
+	}
+	if runMedian > 0 {
+		fmt.Fprintf(&b, "| `tableflip run`: upgrade to ready within 1.2x of the library's own, same program (median, figure 6) | %.3fx | %s |\n", runMedian, verdict(runMedian <= 1.2))
 	}
 	b.WriteString("\n")
 	for _, n := range notes {
@@ -416,4 +422,43 @@ func medians(m map[string]stats) map[string]float64 {
 		out[k] = float64(v.Median)
 	}
 	return out
+}
+
+// runFigure writes figure 6 and returns the ratio of the medians as the
+// client sees them (run ÷ library), 0 if it was not measured.
+func (r *results) runFigure(b *strings.Builder) float64 {
+	if len(r.run[runLibrary]) == 0 || len(r.run[runRun]) == 0 {
+		return 0
+	}
+	b.WriteString("## 6. `tableflip run` against the library's own upgrade, same program\n\n")
+	fmt.Fprintf(b, "The README's program (examples/server), built as it stands, runs alone (its Upgrader starts a new process of itself, which inherits the socket over the handover) and under `tableflip run -listen` (the supervisor starts the new generation with the socket it holds; the program takes it by socket activation and says READY=1). Each is upgraded through its control socket as `tableflip upgrade` does, strictly alternately, %d times after 3 warm ones; each upgrade waits until the old generation has exited. Then `run` is upgraded back to back, half as many times: the supervisor starts the process of the next generation (its zygote, a copy of itself that execs the program with LISTEN_PID set) once the last one is ready, so an upgrade that follows within a few milliseconds waits for that start. **Seen** is from the request to the answer at the client; **reported** is the answer's own `seconds` (the library: from the start of the upgrade to the new generation's acknowledged readiness; `run`: from the start of the new generation to its READY=1).\n\n", r.cfg.runUpgrades)
+	b.WriteString("| upgrade to ready | library | tableflip run | run ÷ library | run, back to back | back to back ÷ library |\n|---|---:|---:|---:|---:|---:|\n")
+	get := func(impl string, f func(runResult) time.Duration) stats {
+		var ds []time.Duration
+		for _, x := range r.run[impl] {
+			ds = append(ds, f(x))
+		}
+		return summarize(ds)
+	}
+	seen := func(x runResult) time.Duration { return x.Seen }
+	reported := func(x runResult) time.Duration { return x.Report }
+	var median float64
+	for _, row := range []struct {
+		label string
+		f     func(runResult) time.Duration
+	}{{"seen", seen}, {"reported", reported}} {
+		l, u, bb := get(runLibrary, row.f), get(runRun, row.f), get(runBackToBack, row.f)
+		for _, q := range []struct {
+			name     string
+			l, u, bb time.Duration
+		}{{"min", l.Min, u.Min, bb.Min}, {"median", l.Median, u.Median, bb.Median}, {"p99", l.P99, u.P99, bb.P99}} {
+			fmt.Fprintf(b, "| %s %s | %s | %s | %s | %s | %s |\n", row.label, q.name, ms(q.l), ms(q.u),
+				ratio(float64(q.u), float64(q.l)), ms(q.bb), ratio(float64(q.bb), float64(q.l)))
+		}
+		if row.label == "seen" {
+			median = float64(u.Median) / float64(l.Median)
+		}
+	}
+	b.WriteString("\n")
+	return median
 }
