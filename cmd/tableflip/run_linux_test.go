@@ -533,6 +533,7 @@ func TestRunSocketActivation(t *testing.T) {
 				t.Fatalf("first request: %q, %v", a, err)
 			}
 			pid := answerPID(a)
+			r.waitLog(`msg="tableflip run: generation ready" generation=1 `)
 			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 			if !strings.Contains(string(b), "\x00LISTEN_FDS=2\x00") || !strings.Contains(string(b), "\x00LISTEN_FDNAMES="+tc.names+"\x00") {
 				t.Errorf("the program's environment lacks LISTEN_FDS=2 and LISTEN_FDNAMES=%s: %q", tc.names, strings.ReplaceAll(string(b), "\x00", " "))
