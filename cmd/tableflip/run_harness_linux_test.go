@@ -59,6 +59,7 @@ const (
 //	ignore-term    ignore SIGTERM (the drain deadline's SIGKILL ends it)
 //	status=TEXT    send STATUS=TEXT with READY=1
 //	hold=FIFO      on SIGTERM, drain only once FIFO is opened for writing
+//	stop-on=SIG    drain on SIG instead of SIGTERM (which then kills it)
 func runProgram(_, _ string) int {
 	mode := os.Getenv(runModeEnv)
 	if path, ok := strings.CutPrefix(mode, "file:"); ok {
@@ -79,10 +80,14 @@ func runProgram(_, _ string) int {
 		return code
 	}
 	terms := make(chan os.Signal, 1)
+	stopSig := syscall.SIGTERM
+	if name, ok := words["stop-on"]; ok {
+		stopSig, _ = parseSignal(name)
+	}
 	if _, ok := words["ignore-term"]; ok {
 		signal.Ignore(syscall.SIGTERM)
 	} else {
-		signal.Notify(terms, syscall.SIGTERM)
+		signal.Notify(terms, stopSig)
 	}
 	if os.Getenv(systemd.EnvListenPID) != strconv.Itoa(os.Getpid()) || os.Getenv(systemd.EnvListenFds) == "" {
 		fmt.Fprintf(os.Stderr, "run-program: LISTEN_PID=%s LISTEN_FDS=%s, want this pid (%d) and sockets\n",

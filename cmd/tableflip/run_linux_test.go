@@ -733,3 +733,76 @@ func TestRunLibraryServer(t *testing.T) {
 		t.Errorf("%d generations exited with status 0, want 6 (each drained):\n%s", n, out)
 	}
 }
+
+// TestRunStopSignal: -stop-signal is what a draining generation gets.
+func TestRunStopSignal(t *testing.T) {
+	r := startRun(t, runOptions{mode: "stop-on=USR1", flags: []string{"-stop-signal", "USR1"}})
+	first := r.serving()
+	if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
+		t.Fatalf("upgrade: %v", resp.Error)
+	}
+	r.waitLog(fmt.Sprintf(`msg="tableflip run: generation exited" generation=1 pid=%d status="exit status 0"`, first))
+	if code := r.stop(); code != 0 {
+		t.Errorf("exit %d, want 0", code)
+	}
+	if !strings.Contains(r.output(), `msg="tableflip run: generation exited" generation=2 `) || strings.Contains(r.output(), "killed") {
+		t.Errorf("a generation did not drain on SIGUSR1:\n%s", r.output())
+	}
+}
+
+// TestRunReadyDelay: with -ready delay=D a generation is ready when it
+// still runs D after it was executed; one that exits first fails.
+func TestRunReadyDelay(t *testing.T) {
+	modeFile := filepath.Join(t.TempDir(), "mode")
+	os.WriteFile(modeFile, []byte("quiet"), 0o644)
+	r := startRun(t, runOptions{mode: "file:" + modeFile, flags: []string{"-ready", "delay=50ms"}})
+	if resp := r.call(tableflip.ControlUpgrade); !resp.OK || resp.Upgrade.Seconds < 0.05 {
+		t.Errorf("upgrade: %+v (%v), want ready after at least 50ms", resp.Upgrade, resp.Error)
+	}
+	os.WriteFile(modeFile, []byte("exit=5"), 0o644)
+	if resp := r.call(tableflip.ControlUpgrade); resp.OK || resp.Error.Reason != tableflip.ReasonChildExited {
+		t.Errorf("an upgrade to a program that exits at once: %+v, want %s", resp.Error, tableflip.ReasonChildExited)
+	}
+	r.stop()
+}
+
+// TestRunSocketKinds: -listen makes Unix and UDP sockets too, named, in
+// order; a Unix socket file that nobody serves is replaced, and the
+// supervisor removes the file it made at the end; -control-group gives
+// the control socket mode 0660.
+func TestRunSocketKinds(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "app.sock")
+	// Left by a supervisor that was killed: a socket file, nobody on it.
+	stale, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+	udp := freeAddr(t)
+	r := startRun(t, runOptions{flags: []string{"-listen", "app=unix://" + path, "-listen", "dns=udp://" + udp, "-control-group", "0"}})
+	pid := r.serving()
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if !strings.Contains(string(b), "\x00LISTEN_FDS=3\x00") || !strings.Contains(string(b), "\x00LISTEN_FDNAMES=web:app:dns\x00") {
+		t.Errorf("the program's environment: %q; want LISTEN_FDS=3, LISTEN_FDNAMES=web:app:dns", strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	for fd, want := range map[int]string{4: "unix", 5: "udp"} {
+		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+		if !strings.HasPrefix(link, "socket:") {
+			t.Errorf("fd %d of the program is %q, want the %s socket", fd, link, want)
+		}
+	}
+	if info, err := os.Stat(r.control); err != nil || info.Mode().Perm() != 0o660 {
+		t.Errorf("control socket with -control-group: %v (%v), want mode 0660", info.Mode(), err)
+	}
+	if c, err := net.Dial("unix", path); err != nil {
+		t.Errorf("the Unix socket does not take connections: %v", err)
+	} else {
+		c.Close()
+	}
+	r.stop()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("%s is still there after the stop (%v)", path, err)
+	}
+}
