@@ -800,8 +800,15 @@ func (s *supervisor) failedStart(g *generation, err error, reply chan upgradeRes
 // once with Rollback if dead's release died within RollbackGrace, else
 // the same release after the backoff.
 func (s *supervisor) scheduleReplacement(dead *generation) {
-	if dead != nil && s.opts.Rollback && s.previous != nil && dead.rel == s.current &&
-		dead.why != kindRollback && time.Since(dead.ReadyAt) < s.opts.RollbackGrace {
+	rollback := dead != nil && s.opts.Rollback && s.previous != nil && dead.rel == s.current &&
+		dead.why != kindRollback && time.Since(dead.ReadyAt) < s.opts.RollbackGrace
+	if rollback && !s.previous.intact() {
+		// Written over in place (same inode): what the descriptor
+		// holds is not the previous release any more.
+		s.log.Error("tableflip run: can't roll back: the previous release's file was written over in place", "path", s.previous.Path)
+		rollback = false
+	}
+	if rollback {
 		s.log.Warn("tableflip run: rolling back to the previous release", "died", dead.rel.Path, "previous", s.previous.Path)
 		s.sdNotify("status", systemd.Status(statusText("Rolling back: generation %d died %s after it was ready",
 			dead.N, time.Since(dead.ReadyAt).Round(time.Millisecond))))
