@@ -381,9 +381,9 @@ func isDigits(s string) bool {
 
 // truncate keeps error messages readable when the input is huge.
 func truncate(s string) string {
-	const max = 64
-	if len(s) <= max {
+	const maxLen = 64
+	if len(s) <= maxLen {
 		return s
 	}
-	return s[:max] + "..."
+	return s[:maxLen] + "..."
 }

@@ -22,8 +22,8 @@ func checkSocketAddr(socket string) error {
 		return fmt.Errorf("systemd: NOTIFY_SOCKET %q: not an absolute path or @abstract name", truncate(socket))
 	}
 	// sun_path must also hold the terminating NUL of a path.
-	if max := len(unix.RawSockaddrUnix{}.Path) - 1; len(socket) > max {
-		return fmt.Errorf("systemd: NOTIFY_SOCKET %q: longer than a socket address can be (%d bytes)", truncate(socket), max)
+	if maxLen := len(unix.RawSockaddrUnix{}.Path) - 1; len(socket) > maxLen {
+		return fmt.Errorf("systemd: NOTIFY_SOCKET %q: longer than a socket address can be (%d bytes)", truncate(socket), maxLen)
 	}
 	return nil
 }
