@@ -579,13 +579,13 @@ func (s *server) control(d time.Duration, cmd string) (*tableflip.ControlRespons
 	return tableflip.ControlCall(ctx, s.ctl, cmd)
 }
 
-// waitUpgradable waits until the generation the PID file names serves,
+// waitSettled waits until the generation the PID file names serves and
 // its parent has exited (it is this process's child now, as a subreaper),
-// and it answers on the control socket as ready and not upgrading: what an
-// operator checks before asking for the next upgrade. It returns that
-// generation's status. (The cheap checks come first: a status request
-// reads the whole /proc/net/tcp, which under load is slow.)
-func (s *server) waitUpgradable(d time.Duration) (*tableflip.Stats, error) {
+// so that it may upgrade, and returns its pid. (Not by the control
+// socket's status: that reads the whole /proc/net/tcp of the network
+// namespace, which takes a second when others' connections sit there in
+// TIME_WAIT.)
+func (s *server) waitSettled(d time.Duration) (int, error) {
 	deadline := time.Now().Add(d)
 	var last string
 	for time.Now().Before(deadline) {
@@ -597,24 +597,13 @@ func (s *server) waitUpgradable(d time.Duration) (*tableflip.Stats, error) {
 			continue
 		}
 		if err := s.waitServing(time.Until(deadline)); err != nil {
-			return nil, err
+			return 0, err
 		}
-		resp, err := s.control(time.Until(deadline), "status")
-		switch {
-		case err != nil:
-			last = err.Error()
-		case !resp.OK:
-			last = resp.Error.Error()
-		case resp.Status.PID != pid:
-			last = fmt.Sprintf("the PID file names %d, the control socket's answer %d", pid, resp.Status.PID)
-		case !resp.Status.Ready || resp.Status.Upgrading || len(resp.Status.Draining) > 0:
-			last = fmt.Sprintf("status of %d: ready %t, upgrading %t, draining %v", pid, resp.Status.Ready, resp.Status.Upgrading, resp.Status.Draining)
-		default:
-			return resp.Status, nil
+		if s.pidFromFile() == pid {
+			return pid, nil
 		}
-		time.Sleep(time.Millisecond)
 	}
-	return nil, fmt.Errorf("not ready to upgrade after %s: %s", d, last)
+	return 0, fmt.Errorf("not settled after %s: %s", d, last)
 }
 
 // freePort returns a loopback address that was free a moment ago: the
@@ -844,10 +833,12 @@ func (l *load) settle(d time.Duration) error {
 // --- Variants of the README program ---
 
 // edit inserts text before or after the one place where anchor occurs in
-// main.go.
+// main.go; with file set, it adds that file, with text as its contents,
+// to the package instead.
 type edit struct {
 	anchor        string
 	before, after string
+	file, text    string
 }
 
 // buildVariant builds main.go with edits applied, for a finding that the
@@ -862,13 +853,26 @@ func buildVariant(t *testing.T, edits ...edit) string {
 		t.Fatal(err)
 	}
 	text := string(src)
+	dir := t.TempDir()
+	replace := map[string]string{}
 	for _, e := range edits {
+		if e.file != "" {
+			path := filepath.Join(dir, e.file)
+			if err := os.WriteFile(path, []byte(e.text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			abs, err := filepath.Abs(e.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			replace[abs] = path
+			continue
+		}
 		if n := strings.Count(text, e.anchor); n != 1 {
 			t.Fatalf("main.go has %q %d times, not once: the README program changed; update this test's variant", e.anchor, n)
 		}
 		text = strings.Replace(text, e.anchor, e.before+e.anchor+e.after, 1)
 	}
-	dir := t.TempDir()
 	variant := filepath.Join(dir, "main.go")
 	if err := os.WriteFile(variant, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
@@ -877,7 +881,8 @@ func buildVariant(t *testing.T, edits ...edit) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	overlay, _ := json.Marshal(map[string]any{"Replace": map[string]string{self: variant}})
+	replace[self] = variant
+	overlay, _ := json.Marshal(map[string]any{"Replace": replace})
 	overlayPath := filepath.Join(dir, "overlay.json")
 	if err := os.WriteFile(overlayPath, overlay, 0o644); err != nil {
 		t.Fatal(err)

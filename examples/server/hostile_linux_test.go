@@ -9,11 +9,16 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip"
 	"golang.org/x/sys/unix"
 )
 
@@ -267,7 +272,7 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 	}
 	var durations []time.Duration
 	for range 5 {
-		if _, err := s.waitUpgradable(30 * time.Second); err != nil {
+		if _, err := s.waitSettled(30 * time.Second); err != nil {
 			t.Fatalf("before a plain upgrade: %v\n%s", err, s.logTail())
 		}
 		old := s.pidFromFile()
@@ -282,7 +287,7 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 	strikeWithin := min(250*time.Millisecond, durations[len(durations)/2]*3/2)
 	t.Logf("plain upgrades took %v: random strikes within %v of SIGHUP", durations, strikeWithin)
 
-	n := iterations(200)
+	n := iterations(150)
 	type window struct {
 		from, to time.Time
 		i        int
@@ -292,13 +297,13 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 		windows                        []window
 		killed                         = map[string]int{}
 		tookOver, killedLate, answered int
+		refused                        []string
 	)
 	for i := range n {
-		st, err := s.waitUpgradable(30 * time.Second)
+		old, err := s.waitSettled(30 * time.Second)
 		if err != nil {
 			t.Fatalf("iteration %d: %v\n%s", i, err, s.logTail())
 		}
-		old := st.PID
 		fd, err := openPidfd(old)
 		if err != nil {
 			t.Fatal(err)
@@ -308,11 +313,13 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 			mode = "once it has accepted"
 		}
 		delay := time.Duration(rng.Int64N(int64(strikeWithin)))
+		_, logAt := s.logSince(0)
 		from := time.Now()
 		if err := unix.Kill(old, unix.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 		victim, victimAnswered := 0, 0
+		wasRefused := false
 	strike:
 		for {
 			switch {
@@ -320,6 +327,12 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 				break strike
 			case time.Since(from) > 30*time.Second:
 				t.Fatalf("iteration %d: 30s after SIGHUP to %d, no new generation to kill\n%s", i, old, s.logTail())
+			}
+			if text, _ := s.logSince(logAt); strings.Contains(text, "upgrade failed") {
+				// Refused without starting anything.
+				refused = append(refused, fmt.Sprintf("iteration %d: pid %d: %s", i, old, strings.TrimSpace(text)))
+				wasRefused = true
+				break strike
 			}
 			if kids := s.children(old); len(kids) > 0 {
 				kid := kids[0].pid
@@ -340,6 +353,7 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 		}
 		excluded := false
 		switch {
+		case wasRefused:
 		case victim == 0:
 			// An ordinary upgrade.
 			tookOver++
@@ -355,14 +369,15 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 					}
 					killedLate++
 					excluded = true
-					t.Logf("iteration %d: new generation %d killed %s (%s), once it had taken over: pid %d %s; starting afresh\n%s",
-						i, victim, mode, time.Since(from).Round(time.Millisecond), old, how, s.logTail())
+					text, _ := s.logSince(logAt)
+					t.Logf("iteration %d: new generation %d killed %s (%s), once it had taken over: pid %d %s; starting afresh; log: %q",
+						i, victim, mode, time.Since(from).Round(time.Millisecond), old, how, text)
 					s.kill()
 					s = startServer(t, r, config{addr: s.addr, dir: s.dir})
 					break
 				}
-				resp, err := s.control(10*time.Second, "status")
-				if err == nil && resp.OK && resp.Status.PID == old && !resp.Status.Upgrading && resp.Status.UpgradesFailed > st.UpgradesFailed {
+				// The README program logs the failure.
+				if text, _ := s.logSince(logAt); strings.Contains(text, "upgrade failed") && strings.Contains(text, strconv.Itoa(victim)) {
 					killed[mode]++
 					if victimAnswered > 0 {
 						answered++
@@ -370,8 +385,8 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("iteration %d: 30s after SIGKILL to new generation %d, pid %d neither exited nor reported the failed upgrade (%v, %v)\n%s",
-						i, victim, old, resp, err, s.logTail())
+					t.Fatalf("iteration %d: 30s after SIGKILL to new generation %d, pid %d neither exited nor logged the failed upgrade\n%s",
+						i, victim, old, s.logTail())
 				}
 				time.Sleep(time.Millisecond)
 			}
@@ -404,5 +419,351 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 	if len(counted) > 0 {
 		t.Errorf("%d requests failed (want 0):\n%s", len(counted), first(counted, 20))
 	}
+	if len(refused) > 0 {
+		t.Errorf("%d SIGHUPs to the pid that the PID file named, which served and whose parent had exited, were refused:\n%s", len(refused), first(refused, 5))
+	}
+	s.stopAll(10 * time.Second)
+}
+
+// Variants of the README program, for what it cannot express as it
+// stands: it never calls Stop (SIGTERM's default action ends it) and has
+// no WriteState.
+var (
+	// stopOnSIGTERM makes SIGTERM call Stop, as a program that handles
+	// it would: Exit closes, and main drains and returns.
+	stopOnSIGTERM = edit{
+		anchor: "\tdefer upg.Stop()\n",
+		after: "\t// Variant: SIGTERM stops the Upgrader.\n" +
+			"\tgo func() {\n" +
+			"\t\tterm := make(chan os.Signal, 1)\n" +
+			"\t\tsignal.Notify(term, syscall.SIGTERM)\n" +
+			"\t\t<-term\n" +
+			"\t\tupg.Stop()\n" +
+			"\t}()\n",
+	}
+	// stopBeforeReady makes every new generation call Stop just before
+	// Ready, as a SIGTERM handled during its initialisation would.
+	stopBeforeReady = edit{
+		anchor: "\tif err := upg.Ready(); err != nil {\n",
+		before: "\t// Variant: a new generation is stopped before it is ready.\n" +
+			"\tif upg.HasParent() {\n" +
+			"\t\tupg.Stop()\n" +
+			"\t}\n",
+	}
+)
+
+// TestStopDuringReload sends SIGHUP to the pid in the PID file and then,
+// 0-10ms later, SIGTERM to every process of the server, as "systemctl
+// stop" during a reload does; once all have exited, it starts the server
+// afresh with the same address, PID file and control socket. Every fresh
+// start must listen and answer, and a stop must leave nothing behind
+// (guarantee 4).
+//
+// It runs the README program as it stands, which does not handle SIGTERM
+// (its default action kills it: nothing can clean up), and a variant in
+// which SIGTERM calls Stop, to tell what the program leaves from what the
+// library leaves.
+func TestStopDuringReload(t *testing.T) {
+	for _, subject := range []string{"README", "stop on SIGTERM"} {
+		t.Run(subject, func(t *testing.T) {
+			var bin string
+			if subject == "stop on SIGTERM" {
+				bin = buildVariant(t, stopOnSIGTERM)
+			}
+			rng := newRand(t)
+			r := newReaper(t)
+			dir, addr := shortTempDir(t), freePort(t)
+			n := iterations(75)
+			var (
+				// Left behind, by the fate of the process that the
+				// PID file names: killed by SIGTERM (nothing ran to
+				// clean up), exited 0 (main returned: Stop ran), or
+				// anything else.
+				leftByKill, leftByExit, leftByHUP, leftOther []string
+				startFailed                                  []string
+				stale                                        = map[string]int{} // left and never removed: name, iteration
+			)
+			s := startServer(t, r, config{bin: bin, addr: addr, dir: dir})
+			for i := range n {
+				before := listDir(t, dir)
+				delay := time.Duration(rng.Int64N(int64(10 * time.Millisecond)))
+				unix.Kill(s.pidFromFile(), unix.SIGHUP)
+				time.Sleep(delay)
+				unix.Kill(-s.first, unix.SIGTERM)
+				if left := s.waitGroupGone(15 * time.Second); len(left) > 0 {
+					t.Errorf("iteration %d: 15s after SIGTERM to every process, still there: %v\n%s", i, left, s.logTail())
+				}
+				s.kill()
+				ended := map[string]int{}
+				for _, ws := range r.group(s.first) {
+					ended[describeStatus(ws)]++
+				}
+				var files []string
+				for _, f := range listDir(t, dir) {
+					if _, ok := stale[f]; !ok || !slices.Contains(before, f) {
+						files = append(files, f)
+					}
+				}
+				if len(files) > 0 {
+					named, _ := strconv.Atoi(readFile(s.pid))
+					fate := "not reaped here"
+					if ws, ok := r.status(named); ok {
+						fate = describeStatus(ws)
+					}
+					line := fmt.Sprintf("iteration %d (SIGTERM %s after SIGHUP): left %v; the PID file names %d (%s); processes: %v",
+						i, delay.Round(100*time.Microsecond), files, named, fate, ended)
+					if text, _ := s.logSince(0); text != "" {
+						line += "; log: " + strings.TrimSpace(text)
+					}
+					switch fate {
+					case "killed by SIGTERM":
+						leftByKill = append(leftByKill, line)
+					case "exit status 0":
+						leftByExit = append(leftByExit, line)
+					case "killed by SIGHUP":
+						leftByHUP = append(leftByHUP, line)
+					default:
+						leftOther = append(leftOther, line)
+					}
+					for _, f := range files {
+						if f != "server.pid" && f != "control.sock" {
+							stale[f] = i
+						}
+					}
+				}
+				// The next start, with whatever was left.
+				next := launch(t, r, config{bin: bin, addr: addr, dir: dir})
+				err := next.waitServing(30 * time.Second)
+				if err == nil {
+					err = controlListens(next, i%25 == 0 || i == n-1)
+				}
+				if err != nil {
+					startFailed = append(startFailed, fmt.Sprintf("iteration %d: the next start: %v\n%s", i, err, next.logTail()))
+					next.kill()
+					for _, f := range listDir(t, dir) {
+						os.Remove(filepath.Join(dir, f))
+					}
+					next = startServer(t, r, config{bin: bin, addr: addr, dir: dir})
+				}
+				s = next
+			}
+			s.stopAll(15 * time.Second)
+			if len(startFailed) > 0 {
+				t.Errorf("%d of %d starts after a stop during a reload failed:\n%s", len(startFailed), n, first(startFailed, 5))
+			}
+			if len(leftByKill) > 0 {
+				t.Errorf("%d of %d stops left files behind, the generation that the PID file names having been killed by SIGTERM's default action (the program does not handle SIGTERM):\n%s",
+					len(leftByKill), n, first(leftByKill, 3))
+			}
+			if len(leftByExit) > 0 {
+				t.Errorf("%d of %d stops left files behind, the generation that the PID file names having exited by itself, through Stop:\n%s",
+					len(leftByExit), n, first(leftByExit, 10))
+			}
+			if len(leftByHUP) > 0 {
+				t.Errorf("%d of %d times, the generation that the PID file named, and that served, was killed by the SIGHUP meant to upgrade it (a fresh start: the README program installs its handler in a goroutine after New), and left files behind:\n%s",
+					len(leftByHUP), n, first(leftByHUP, 10))
+			}
+			if len(leftOther) > 0 {
+				t.Errorf("%d of %d stops left files behind, otherwise:\n%s", len(leftOther), n, first(leftOther, 10))
+			}
+			if len(stale) > 0 {
+				t.Errorf("files that no later start removed, by name and the iteration that left them: %v", stale)
+			}
+		})
+	}
+}
+
+// TestStopBeforeReady stops a new generation just before it calls Ready
+// (a variant of the README program, which never calls Stop itself). The
+// upgrade must fail, and the old generation must serve on, named by the
+// PID file, with nothing of the new one left behind (guarantees 2 and 4);
+// and once the server is stopped, the next start must work.
+func TestStopBeforeReady(t *testing.T) {
+	bin := buildVariant(t, stopBeforeReady)
+	r := newReaper(t)
+	dir, addr := shortTempDir(t), freePort(t)
+	for i := range iterations(5) {
+		s := startServer(t, r, config{bin: bin, addr: addr, dir: dir})
+		old := s.pidFromFile()
+		resp, err := s.control(30*time.Second, "upgrade")
+		switch {
+		case err != nil:
+			t.Errorf("iteration %d: control socket upgrade: %v", i, err)
+		case resp.OK:
+			t.Errorf("iteration %d: the upgrade succeeded (new pid %d), with a new generation that was stopped before Ready", i, resp.Upgrade.PID)
+		}
+		if err := s.waitServing(5 * time.Second); err != nil {
+			pid := s.pidFromFile()
+			how := "exited; its parent reaped it"
+			if ws, ok := r.waitReaped(pid, time.Second); ok {
+				how = describeStatus(ws)
+			} else if alive(pid) {
+				how = "alive"
+			}
+			t.Errorf("iteration %d: after the upgrade, the old generation %d should serve on: %v; files %v, the PID file names %d (%s)\n%s",
+				i, old, err, listDir(t, dir), pid, how, s.logTail())
+		} else {
+			if pid := s.pidFromFile(); pid != old {
+				t.Errorf("iteration %d: the PID file names %d, not the old generation %d", i, pid, old)
+			}
+			if files := listDir(t, dir); !slices.Equal(files, []string{"control.sock", "server.pid"}) {
+				t.Errorf("iteration %d: beside the serving generation, want control.sock and server.pid, got %v", i, files)
+			}
+		}
+		s.stopAll(15 * time.Second)
+		next := launch(t, r, config{bin: bin, addr: addr, dir: dir})
+		err = next.waitServing(30 * time.Second)
+		if err == nil {
+			err = controlAnswers(next)
+		}
+		if err != nil {
+			t.Errorf("iteration %d: the next start: %v\n%s", i, err, next.logTail())
+		}
+		next.stopAll(15 * time.Second)
+		// The README program leaves its files when SIGTERM kills it
+		// (TestStopDuringReload counts that); start clean.
+		for _, f := range listDir(t, dir) {
+			os.Remove(filepath.Join(dir, f))
+		}
+	}
+}
+
+// controlListens checks that something listens on the control socket
+// (a socket file left by a process that is gone refuses the connection)
+// and, with status, that it answers status for the generation the PID
+// file names. Not every time: a status request reads the whole
+// /proc/net/tcp of the network namespace, which takes a second or two
+// under -race when other processes' connections sit there in TIME_WAIT.
+func controlListens(s *server, status bool) error {
+	c, err := net.DialTimeout("unix", s.ctl, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	c.Close()
+	if !status {
+		return nil
+	}
+	return controlAnswers(s)
+}
+
+// controlAnswers checks that the control socket answers status for the
+// generation the PID file names.
+func controlAnswers(s *server) error {
+	resp, err := s.control(10*time.Second, "status")
+	switch {
+	case err != nil:
+		return err
+	case !resp.OK:
+		return resp.Error
+	case resp.Status.PID != s.pidFromFile():
+		return fmt.Errorf("control socket status answered by %d, the PID file names %d", resp.Status.PID, s.pidFromFile())
+	}
+	return nil
+}
+
+func listDir(t *testing.T, dir string) []string {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func readFile(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(none)"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// wedgedState gives the README program a state writer that never returns,
+// and an UpgradeTimeout of wedgedTimeout.
+var wedgedState = []edit{
+	{
+		file: "variant_state.go",
+		text: "package main\n\n" +
+			"import (\n\t\"fmt\"\n\t\"io\"\n\t\"os\"\n)\n\n" +
+			"// neverReturns is a state writer that never returns.\n" +
+			"func neverReturns(io.Writer) error {\n" +
+			"\tfmt.Fprintf(os.Stderr, \"variant: pid %d writing state, never to return\\n\", os.Getpid())\n" +
+			"\tselect {}\n" +
+			"}\n",
+	},
+	{
+		anchor: "tableflip.New(tableflip.Options{\n",
+		after: "\t\t// Variant: a state writer that never returns.\n" +
+			"\t\tWriteState:     neverReturns,\n" +
+			"\t\tUpgradeTimeout: " + strconv.Itoa(int(wedgedTimeout/time.Second)) + " * time.Second,\n",
+	},
+}
+
+const wedgedTimeout = 3 * time.Second
+
+// TestStateWriterNeverReturns runs the README program with a state writer
+// that never returns (and SIGTERM calling Stop), and asks for an upgrade
+// on the control socket. Every wait is bounded (guarantee 5): the upgrade
+// fails within UpgradeTimeout plus the kill grace (min(5s,
+// UpgradeTimeout)), the old generation serves on and is not left
+// "upgrading", a later upgrade is not refused as in progress, and SIGTERM
+// (Stop) ends the process.
+func TestStateWriterNeverReturns(t *testing.T) {
+	bin := buildVariant(t, append(wedgedState, stopOnSIGTERM)...)
+	r := newReaper(t)
+	s := startServer(t, r, config{bin: bin})
+	old := s.pidFromFile()
+	bound := wedgedTimeout + min(5*time.Second, wedgedTimeout) + 3*time.Second
+
+	began := time.Now()
+	resp, err := s.control(bound, "upgrade")
+	took := time.Since(began).Round(time.Millisecond)
+	switch {
+	case err != nil:
+		t.Errorf("upgrade on the control socket: no answer after %s (UpgradeTimeout %s, then SIGTERM and a grace of %s): %v",
+			took, wedgedTimeout, min(5*time.Second, wedgedTimeout), err)
+	case resp.OK:
+		t.Errorf("the upgrade succeeded after %s (new pid %d), with a state writer that never returns", took, resp.Upgrade.PID)
+	default:
+		t.Logf("the upgrade failed after %s, as it should: %s: %s", took, resp.Error.Reason, resp.Error)
+	}
+	if text, _ := s.logSince(0); !strings.Contains(text, "writing state, never to return") {
+		t.Errorf("the state writer was never called:\n%s", text)
+	}
+
+	if err := s.waitServing(5 * time.Second); err != nil {
+		t.Fatalf("the old generation should serve on: %v\n%s", err, s.logTail())
+	}
+	if pid := s.pidFromFile(); pid != old {
+		t.Errorf("the PID file names %d, not the old generation %d", pid, old)
+	}
+	st, err := s.control(5*time.Second, "status")
+	switch {
+	case err != nil:
+		t.Errorf("status on the control socket: %v", err)
+	case !st.OK:
+		t.Errorf("status on the control socket: %v", st.Error)
+	case st.Status.Upgrading:
+		t.Errorf("%s after the upgrade was asked for, status still says upgrading (upgrades attempted %d, failed %d)",
+			time.Since(began).Round(time.Millisecond), st.Status.UpgradesAttempted, st.Status.UpgradesFailed)
+	}
+
+	// A later upgrade runs into the same writer, so its outcome is not
+	// waited for: only a refusal, which comes at once, is looked for.
+	resp, err = s.control(2*time.Second, "upgrade")
+	if err == nil && !resp.OK && resp.Error.Reason == tableflip.ReasonInProgress {
+		t.Errorf("a later upgrade was refused as in progress: %s", resp.Error)
+	}
+
+	began = time.Now()
+	unix.Kill(old, unix.SIGTERM)
+	if left := s.waitGroupGone(bound); len(left) > 0 {
+		t.Errorf("%s after SIGTERM to %d (which calls Stop), still there: %v\n%s", bound, old, left, s.logTail())
+		return // the cleanup SIGKILLs them
+	}
+	t.Logf("SIGTERM (Stop) ended every process in %s", time.Since(began).Round(time.Millisecond))
 	s.stopAll(10 * time.Second)
 }
