@@ -45,7 +45,7 @@ const subjectEnv = "TABLEFLIP_HOSTILE_SUBJECT"
 
 var (
 	seedFlag  = flag.Uint64("hostile.seed", 0, "seed for the hostile tests' random moments (0: from the clock)")
-	scaleFlag = flag.Float64("hostile.scale", 1, "multiply the hostile tests' iteration counts by this (e.g. 5 for the issue's counts)")
+	scaleFlag = flag.Float64("hostile.scale", 1, "multiply the hostile tests' iteration counts by this (4 gives the issue's 300 stops during a reload, 2 its 20 storms)")
 )
 
 func TestMain(m *testing.M) {
