@@ -45,7 +45,7 @@ const subjectEnv = "TABLEFLIP_HOSTILE_SUBJECT"
 
 var (
 	seedFlag  = flag.Uint64("hostile.seed", 0, "seed for the hostile tests' random moments (0: from the clock)")
-	scaleFlag = flag.Float64("hostile.scale", 1, "multiply the hostile tests' iteration counts by this (4 gives the issue's 300 stops during a reload, 2 its 20 storms)")
+	scaleFlag = flag.Float64("hostile.scale", 1, "multiply the hostile tests' iteration counts by this (4 gives the issue's 300 stops during a reload)")
 )
 
 func TestMain(m *testing.M) {
@@ -270,6 +270,14 @@ func (r *reaper) add(pgid int) {
 	r.mu.Unlock()
 }
 
+// remove stops reaping group pgid, which has no process left.
+func (r *reaper) remove(pgid int) {
+	r.reap()
+	r.mu.Lock()
+	r.pgids = slices.DeleteFunc(r.pgids, func(g int) bool { return g == pgid })
+	r.mu.Unlock()
+}
+
 func (r *reaper) reap() {
 	r.mu.Lock()
 	pgids := slices.Clone(r.pgids)
@@ -457,7 +465,9 @@ func (s *server) kill() {
 	}
 	if left := groupProcs(s.first); len(left) > 0 {
 		s.t.Errorf("after SIGKILL to process group %d, still there after 10s: %v", s.first, left)
+		return
 	}
+	s.r.remove(s.first)
 }
 
 // stopAll sends SIGTERM to every process of the group, as systemd's stop

@@ -75,8 +75,16 @@ func TestAnnouncedPIDIsTrue(t *testing.T) {
 				}
 				fd.close()
 				if via == "control" {
-					a := <-answer
-					if a.pid != a.named {
+					var a controlAnswer
+					select {
+					case a = <-answer:
+					case <-time.After(30 * time.Second):
+						t.Fatalf("upgrade %d: pid %d exited, and the control socket has not answered 30s later", i, old)
+					}
+					switch {
+					case a.err != "":
+						t.Errorf("upgrade %d: pid %d exited, and the control socket's answer was: %s", i, old, a.err)
+					case a.pid != a.named:
 						early = append(early, fmt.Sprintf("upgrade %d: answer named pid %d, PID file named %d", i, a.pid, a.named))
 					}
 				}
@@ -107,18 +115,21 @@ func TestAnnouncedPIDIsTrue(t *testing.T) {
 	}
 }
 
-// controlAnswer is a successful "upgrade" answer: the pid it named, and
-// the one the PID file named when it arrived.
-type controlAnswer struct{ pid, named int }
+// controlAnswer is the control socket's answer to "upgrade": the pid it
+// named, and the one the PID file named when it arrived; or what was
+// wrong.
+type controlAnswer struct {
+	pid, named int
+	err        string
+}
 
 // upgradeAndWatch asks old for an upgrade, by SIGHUP or on the control
 // socket, and returns once old has exited, or with the reason if the
-// upgrade was refused. For the control socket, the answer comes on the
-// channel, read when it arrived.
+// upgrade was refused first. For the control socket, the answer comes on
+// the channel once it has arrived.
 func upgradeAndWatch(t *testing.T, s *server, via string, old int, fd pidfd) (<-chan controlAnswer, string) {
 	t.Helper()
 	answer := make(chan controlAnswer, 1)
-	refused := make(chan string, 1)
 	_, logAt := s.logSince(0)
 	switch via {
 	case "SIGHUP":
@@ -131,9 +142,9 @@ func upgradeAndWatch(t *testing.T, s *server, via string, old int, fd pidfd) (<-
 			named := s.pidFromFile()
 			switch {
 			case err != nil:
-				refused <- err.Error()
+				answer <- controlAnswer{err: err.Error()}
 			case !resp.OK:
-				refused <- resp.Error.Reason + ": " + resp.Error.Error()
+				answer <- controlAnswer{err: resp.Error.Reason + ": " + resp.Error.Error()}
 			default:
 				answer <- controlAnswer{pid: resp.Upgrade.PID, named: named}
 			}
@@ -142,8 +153,12 @@ func upgradeAndWatch(t *testing.T, s *server, via string, old int, fd pidfd) (<-
 	deadline := time.Now().Add(30 * time.Second)
 	for !fd.wait(5 * time.Millisecond) {
 		select {
-		case why := <-refused:
-			return nil, why
+		case a := <-answer:
+			if a.err != "" {
+				return nil, a.err
+			}
+			// Answered before the old generation exited: fine.
+			answer <- a
 		default:
 		}
 		// The README program logs a failed upgrade; that is all
@@ -176,7 +191,7 @@ func first(list []string, n int) string {
 // signal would kill) or refuse a connection.
 func TestSIGHUPStorm(t *testing.T) {
 	r := newReaper(t)
-	runs := iterations(10)
+	runs := iterations(20)
 	const (
 		every = 5 * time.Millisecond
 		storm = 2 * time.Second
@@ -291,7 +306,7 @@ func TestNewGenerationKilledBeforeReady(t *testing.T) {
 	strikeWithin := min(250*time.Millisecond, durations[len(durations)/2]*3/2)
 	t.Logf("plain upgrades took %v: random strikes within %v of SIGHUP", durations, strikeWithin)
 
-	n := iterations(150)
+	n := iterations(200)
 	type window struct {
 		from, to time.Time
 		i        int
