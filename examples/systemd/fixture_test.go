@@ -292,7 +292,7 @@ func (f *fixture) downJournal() string {
 }
 
 func (f *fixture) unitJournal(cursor string, until func(realsystemd.Entry) bool) ([]realsystemd.Entry, error) {
-	args := []string{"-u", f.uc.service, "-n", "40"}
+	args := []string{"-u", f.uc.service, "-n", "120"}
 	if cursor != "" {
 		args = append(args, "--after-cursor", cursor)
 	}
