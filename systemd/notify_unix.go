@@ -54,12 +54,21 @@ func send(socket string, msg []byte, fds []int) error {
 }
 
 func barrier(n *Notifier, timeout time.Duration) error {
+	// As in send: no pipe2 everywhere (macOS), so the fork lock keeps
+	// a fork from inheriting the pipe before it is close-on-exec.
 	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		return fmt.Errorf("systemd: barrier: %w", os.NewSyscallError("pipe2", err))
+	syscall.ForkLock.RLock()
+	err := unix.Pipe(p[:])
+	if err == nil {
+		unix.CloseOnExec(p[0])
+		unix.CloseOnExec(p[1])
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return fmt.Errorf("systemd: barrier: %w", os.NewSyscallError("pipe", err))
 	}
 	defer unix.Close(p[0])
-	err := n.NotifyWithFds(p[1:], Barrier)
+	err = n.NotifyWithFds(p[1:], Barrier)
 	// systemd holds the only other copy of the write end now.
 	unix.Close(p[1])
 	if err != nil {
