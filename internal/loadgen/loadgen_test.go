@@ -41,7 +41,8 @@ func tlsConfigFor(srv *httptest.Server) *tls.Config {
 }
 
 func TestModes(t *testing.T) {
-	for _, mode := range Modes() {
+	// ModeGRPC has a test of its own.
+	for _, mode := range []Mode{ModeKeepAlive, ModeNewConn, ModeGoClient, ModeHTTP2} {
 		for _, method := range []string{"GET", "POST"} {
 			for _, useTLS := range []bool{false, true} {
 				if mode == ModeHTTP2 && !useTLS {
