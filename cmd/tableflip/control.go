@@ -139,6 +139,24 @@ func controlCommand(cmd string, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// fmtAge says how old something is, to the second from a second on:
+// "350ms", "42s", "3m05s", "2h07m", "3d04h".
+func fmtAge(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s" // clocks of two processes
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
 // describeControlError says what went wrong, for people.
 func describeControlError(e *tableflip.ControlError) string {
 	var what string
@@ -201,7 +219,7 @@ func writeStatus(w io.Writer, st *tableflip.Stats, now time.Time) {
 		}
 		fmt.Fprintf(w, "parent pid    %d (%s)\n", st.ParentPID, state)
 	}
-	fmt.Fprintf(w, "started       %s (%s ago)\n", st.Started.Format(time.RFC3339), fmtDur(now.Sub(st.Started).Round(time.Second)))
+	fmt.Fprintf(w, "started       %s (%s ago)\n", st.Started.Format(time.RFC3339), fmtAge(now.Sub(st.Started)))
 	fmt.Fprintf(w, "ready         %s\n", yes(st.Ready))
 	if st.Upgrading {
 		fmt.Fprintln(w, "upgrading     yes")
@@ -222,9 +240,9 @@ func writeStatus(w io.Writer, st *tableflip.Stats, now time.Time) {
 			}
 			role := "serving"
 			if !g.DrainingSince.IsZero() {
-				role = "draining for " + fmtDur(now.Sub(g.DrainingSince).Round(time.Second))
+				role = "draining for " + fmtAge(now.Sub(g.DrainingSince))
 			}
-			fmt.Fprintf(w, "  pid %-8d generation %-4d age %-8s %-10s %s\n", g.PID, g.Generation, fmtDur(time.Duration(g.AgeSeconds*float64(time.Second)).Round(time.Second)), conns, role)
+			fmt.Fprintf(w, "  pid %-8d generation %-4d age %-8s %-10s %s\n", g.PID, g.Generation, fmtAge(time.Duration(g.AgeSeconds*float64(time.Second))), conns, role)
 		}
 	}
 }

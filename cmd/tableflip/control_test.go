@@ -191,6 +191,34 @@ func TestUpgradeCommandFailures(t *testing.T) {
 	}
 }
 
+func TestFmtAge(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		-time.Second:                          "0s",
+		0:                                     "0ms",
+		350 * time.Millisecond:                "350ms",
+		time.Second:                           "1s",
+		59*time.Second + 999*time.Millisecond: "59s",
+		3*time.Minute + 5*time.Second:         "3m05s",
+		2*time.Hour + 7*time.Minute + 59*time.Second: "2h07m",
+		76 * time.Hour: "3d04h",
+	} {
+		if got := fmtAge(d); got != want {
+			t.Errorf("fmtAge(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// status prints how long ago the server started, which the generation's
+// clock and the command's agree on.
+func TestStatusStartedAgo(t *testing.T) {
+	var b bytes.Buffer
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	writeStatus(&b, &tableflip.Stats{PID: 1, Generation: 1, Started: now.Add(-90 * time.Second)}, now)
+	if want := "started       2026-01-02T03:02:35Z (1m30s ago)\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("status:\n%s\nwant %q", b.String(), want)
+	}
+}
+
 func TestStatusText(t *testing.T) {
 	answer := `{"v":1,"ok":true,"status":{"pid":10,"generation":3,"parent_pid":9,"started":"2026-01-02T03:04:05Z","ready":true,` +
 		`"upgrading":false,"exiting":false,"upgrades_attempted":2,"upgrades_succeeded":1,"upgrades_failed":1,` +
@@ -203,8 +231,8 @@ func TestStatusText(t *testing.T) {
 		"started       2026-01-02T03:04:05Z (", "ready         yes\n",
 		"upgrades      2 attempted, 1 succeeded, 1 failed\n",
 		"last failure  2026-01-02T03:05:00Z: failed: the new generation exited before it was ready (pid 11, exit status 2) [child_exited]\n              boom\n",
-		"generations   (oldest first)\n  pid 9        generation 2    age 125.00s  7 conns    draining for ",
-		"  pid 10       generation 3    age 65.00s   conns ?    serving\n",
+		"generations   (oldest first)\n  pid 9        generation 2    age 2m05s    7 conns    draining for ",
+		"  pid 10       generation 3    age 1m05s    conns ?    serving\n",
 	} {
 		if code != exitOK || !strings.Contains(out, want) {
 			t.Errorf("status: exit %d, output:\n%s%s\nwant %q", code, out, errOut, want)
