@@ -200,7 +200,7 @@ type Result struct {
 
 // Counts are live totals of a running load.
 type Counts struct {
-	Requests int64 // finished requests, failed ones included
+	Requests int64 // finished requests, failed ones included (a Cut is none)
 	Failed   int64 // failed requests, not counting those in Ended
 	Ended    int64 // records with Record.Ended: connections the server ended
 }
@@ -359,7 +359,9 @@ func (l *Load) run(ctx context.Context, c client) []Record {
 			l.mu.Unlock()
 		}
 		recs = append(recs, rec)
-		l.finished.Add(1)
+		if rec.Outcome != Cut {
+			l.finished.Add(1)
+		}
 		switch {
 		case rec.Ended:
 			l.ended.Add(1)
