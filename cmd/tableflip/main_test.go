@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -41,6 +42,14 @@ var helpers = map[string]func(addr, pidFile string) int{
 
 var usedHelpers = map[string]bool{}
 
+// registerHelper adds a helper server, from the file whose tests use it.
+func registerHelper(name string, fn func(addr, pidFile string) int) {
+	if _, dup := helpers[name]; dup {
+		panic("helper server " + name + " registered twice")
+	}
+	helpers[name] = fn
+}
+
 func TestMain(m *testing.M) {
 	if name := os.Getenv(helperEnv); name != "" {
 		os.Exit(helpers[name](os.Args[1], os.Args[2]))
@@ -62,27 +71,56 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// helperServer returns the arguments that run helper name as a server,
-// with the URL it serves and its PID file.
+// helperServer returns the arguments that run helper name as an HTTP
+// server, with the URL it serves and its PID file.
 func helperServer(t *testing.T, name string) (args []string, url, pidFile string) {
+	t.Helper()
+	return helperServerOn(t, name, "http")
+}
+
+// helperServerOn is helperServer for a server of scheme: http, tcp or
+// udp (see loadgen.Options.URL).
+func helperServerOn(t *testing.T, name, scheme string) (args []string, url, pidFile string) {
 	t.Helper()
 	usedHelpers[name] = true
 	t.Setenv(helperEnv, name)
+	if scheme != "http" {
+		// Under the race detector a process lingers a second at exit
+		// by default, and the check waits for each old generation's
+		// exit. Races are still reported, in the server's output
+		// (runCheckCmd). The servers of the other schemes are built to
+		// exit at once (see waitPIDFileMoves).
+		t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	}
 	// The port is chosen here because -url must be known before the
 	// server starts; another process could take it meanwhile, which on
 	// a test machine it does not.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var addr string
+	if scheme == "udp" {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = pc.LocalAddr().String()
+		pc.Close()
+	} else {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().String()
+		ln.Close()
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	url = scheme + "://" + addr
+	if scheme == "http" {
+		url += "/"
+	}
 	pidFile = filepath.Join(t.TempDir(), "server.pid")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []string{"-url", "http://" + addr + "/", "-pidfile", pidFile, "--", exe, addr, pidFile}, "http://" + addr + "/", pidFile
+	return []string{"-url", url, "-pidfile", pidFile, "--", exe, addr, pidFile}, url, pidFile
 }
 
 func writePID(pidFile string) error {
@@ -220,14 +258,23 @@ func helperNoHandler(addr, pidFile string) int {
 }
 
 // runCheckCmd runs "tableflip check args…" in this process and checks
-// that nothing it started is left.
+// that nothing it started is left, and that the server's output (kept
+// with -log unless args say where) reports no race and no panic.
 func runCheckCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	logFile := ""
+	if !slices.Contains(args, "-log") {
+		logFile = filepath.Join(t.TempDir(), "server.log")
+		args = append([]string{"-log", logFile}, args...)
+	}
 	var out, errb bytes.Buffer
 	code = run(append([]string{"check"}, args...), &out, &errb)
 	t.Logf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	if left := descendants(os.Getpid()); len(left) > 0 {
 		t.Errorf("processes left behind: %+v", left)
+	}
+	if b, err := os.ReadFile(logFile); err == nil && (bytes.Contains(b, []byte("DATA RACE")) || bytes.Contains(b, []byte("panic:"))) {
+		t.Errorf("the server failed:\n%s", b)
 	}
 	return code, out.String(), errb.String()
 }
