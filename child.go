@@ -1,10 +1,7 @@
-//go:build unix
-
 package tableflip
 
 import (
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -13,13 +10,12 @@ import (
 	"time"
 
 	"github.com/seed589fcc9d/tableflip/internal/handover"
-	"golang.org/x/sys/unix"
 )
 
-// This file is the new generation's side of the handover.
-
-// upgradesSupported: every unix can pass descriptors over Unix sockets.
-const upgradesSupported = true
+// The new generation's side of the handover (upgrade.go is the other):
+// inherit, in New, reads what the parent passed on; ready, when the
+// program calls Ready, tells the parent and waits for its
+// acknowledgement; watch learns when the parent exits.
 
 // parentLink is the new generation's connection to the process that
 // started it.
@@ -72,7 +68,6 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 			"named_pid", he.PID, "parent_pid", ppid)
 		return nil, nil, nil
 	}
-	unix.CloseOnExec(he.FD)
 	conn, cerr := handover.NewConn(he.FD)
 	if cerr != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrHandover, cerr)
@@ -105,7 +100,7 @@ func inherit(env *osEnv, log *slog.Logger) (*parentLink, []*entry, error) {
 	}
 	entries := make([]*entry, len(fds))
 	for i, e := range hello.Entries {
-		entries[i] = &entry{key: key{e.Kind, e.Network, e.Addr}, bound: e.Bound, fd: fds[i]}
+		entries[i] = &entry{key: key{e.Kind, e.Network, e.Addr}, bound: e.Bound, held: e.Held, fd: fds[i]}
 	}
 	entries, state, err := takeState(entries)
 	if err != nil {
@@ -142,7 +137,14 @@ func (p *parentLink) watch() {
 	defer close(p.exited)
 	defer p.conn.Close()
 	typ, _, err := p.conn.ReadFrame()
-	if err != nil || typ != handover.FrameAck {
+	var refusal *handover.PeerError
+	switch {
+	case errors.As(err, &refusal):
+		// The parent refused this generation, as it refuses when it
+		// cannot write the PID file.
+		p.exitErr = fmt.Errorf("%w: the parent (pid %d) refused it: %s", ErrHandover, p.pid, refusal.Message)
+		return
+	case err != nil || typ != handover.FrameAck:
 		p.exitErr = fmt.Errorf("%w (pid %d)", ErrParentExited, p.pid)
 		return
 	}
@@ -153,23 +155,40 @@ func (p *parentLink) watch() {
 	_, _ = io.Copy(io.Discard, p.conn)
 }
 
-// ready tells the parent that this process is ready and waits for its
-// acknowledgement.
-func (p *parentLink) ready() error {
+// ready tells the parent that this process is ready, and that pidFile
+// (absolute, or "") is its PID file, and waits for the acknowledgement.
+// Once stop is closed, it waits at most grace more: a parent that does not
+// answer by then is taken to have failed the upgrade.
+func (p *parentLink) ready(pidFile string, stop <-chan struct{}, grace time.Duration) error {
 	if err := p.state.finish(); err != nil {
 		p.refuse(err)
 		return err
 	}
-	pid := binary.BigEndian.AppendUint32(nil, uint32(os.Getpid()))
-	if err := p.conn.WriteFrame(handover.FrameReady, pid); err != nil {
+	frame, err := (&handover.Ready{PID: os.Getpid(), PIDFile: pidFile}).MarshalBinary()
+	if err != nil {
+		p.refuse(err)
+		return fmt.Errorf("%w: %w", ErrHandover, err)
+	}
+	if err := p.conn.WriteFrame(handover.FrameReady, frame); err != nil {
 		<-p.exited
 		return p.exitErr
 	}
-	select {
-	case <-p.ack:
-		return nil
-	case <-p.exited:
-		return p.exitErr
+	var giveUp <-chan time.Time
+	for {
+		select {
+		case <-p.ack:
+			return nil
+		case <-p.exited:
+			return p.exitErr
+		case <-stop:
+			stop = nil
+			t := time.NewTimer(grace)
+			defer t.Stop()
+			giveUp = t.C
+		case <-giveUp:
+			p.refuse(ErrStopped)
+			return fmt.Errorf("%w: the parent (pid %d) did not acknowledge within %s of Stop", ErrStopped, p.pid, grace)
+		}
 	}
 }
 

@@ -10,9 +10,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/seed589fcc9d/tableflip/internal/peercred"
 )
 
 // # The control socket
@@ -94,28 +99,6 @@ const (
 	ControlStatus  = "status"
 )
 
-// Reasons in a ControlError.
-const (
-	// The upgrade was refused without starting anything.
-	ReasonNotReady      = "not_ready"            // ErrNotReady
-	ReasonInProgress    = "in_progress"          // ErrUpgradeInProgress
-	ReasonParentRunning = "parent_running"       // ErrParentRunning
-	ReasonTooMany       = "too_many_generations" // ErrTooManyGenerations
-	ReasonStopped       = "stopped"              // ErrStopped
-	ReasonUpgraded      = "upgraded"             // ErrUpgraded
-	ReasonNotSupported  = "not_supported"        // ErrNotSupported, or no peer credentials
-	// The new generation failed; PID, ExitCode and Signal say how it
-	// ended.
-	ReasonTimeout     = "timeout"      // ErrTimeout; also a request not sent in time
-	ReasonChildExited = "child_exited" // ErrChildExited
-	ReasonHandover    = "handover"     // ErrHandover
-	// Any other failure, such as an executable that is gone.
-	ReasonFailed = "failed"
-	// The request was not served.
-	ReasonBadRequest = "bad_request" // malformed, too long, unknown version or command
-	ReasonPermission = "permission"  // the peer's uid may not use the socket
-)
-
 // ControlRequest is a request on the control socket.
 type ControlRequest struct {
 	// V is the protocol version, ControlVersion.
@@ -134,29 +117,6 @@ type ControlResponse struct {
 	Upgrade *UpgradeOutcome `json:"upgrade,omitempty"`
 	// Status answers ControlStatus.
 	Status *Stats `json:"status,omitempty"`
-}
-
-// ControlError is an error answer on the control socket, and the
-// description of a failed upgrade in Stats.
-type ControlError struct {
-	// Reason is one of the Reason* constants.
-	Reason  string `json:"reason"`
-	Message string `json:"message"`
-	// PID, ExitCode and Signal describe the new generation of a failed
-	// upgrade, as in ChildError: ExitCode is -1 if a signal ended it,
-	// and Signal is a name such as "SIGKILL".
-	PID      int    `json:"pid,omitempty"`
-	ExitCode *int   `json:"exit_code,omitempty"`
-	Signal   string `json:"signal,omitempty"`
-}
-
-// Error describes the failure.
-func (e *ControlError) Error() string {
-	msg := e.Message
-	if msg == "" {
-		msg = e.Reason
-	}
-	return msg
 }
 
 // ControlCall sends cmd to the control socket at path and returns the
@@ -216,11 +176,10 @@ type controlServer struct {
 	wg    sync.WaitGroup
 }
 
-// initControl records the generation's numbers and, with
-// Options.ControlSocket, takes (or creates) the control socket. It
-// serves at once in a first generation, and after Ready in a new one.
+// initControl takes (or creates) the control socket, with
+// Options.ControlSocket. It serves at once in a first generation, and
+// after Ready in a new one.
 func (u *Upgrader) initControl() error {
-	u.initStats()
 	path := u.opts.ControlSocket
 	if path == "" {
 		return nil
@@ -394,33 +353,25 @@ func (s *controlServer) upgrade() error {
 }
 
 func (s *controlServer) checkPeer(c net.Conn) *ControlError {
-	cred, err := peerCredentials(c)
+	cred, err := peercred.Get(c)
 	if err != nil {
 		reason := ReasonPermission
-		if errors.Is(err, ErrNotSupported) {
+		if errors.Is(err, peercred.ErrNotSupported) {
 			reason = ReasonNotSupported
 		}
 		return &ControlError{Reason: reason, Message: "tableflip: control socket: can't check who is asking: " + err.Error()}
 	}
 	if err := allowPeer(cred, os.Geteuid(), s.gid); err != nil {
-		s.u.log.Warn("tableflip: control socket: refused", "uid", cred.uid, "pid", cred.pid)
+		s.u.log.Warn("tableflip: control socket: refused", "uid", cred.UID, "peer_pid", cred.PID)
 		return &ControlError{Reason: ReasonPermission, Message: err.Error()}
 	}
 	return nil
 }
 
-// peerCred is who is at the other end of a connection.
-type peerCred struct {
-	pid, uid, gid int
-	// groups are the supplementary groups where the platform tells
-	// them (BSDs); else nil, and the group database is asked.
-	groups []int
-}
-
 // allowPeer decides whether the peer may use the control socket of a
 // process running as euid, with group gid (or -1) let in too.
-func allowPeer(cred peerCred, euid, gid int) error {
-	if cred.uid == euid || cred.uid == 0 {
+func allowPeer(cred peercred.Cred, euid, gid int) error {
+	if cred.UID == euid || cred.UID == 0 {
 		return nil
 	}
 	if gid >= 0 && inGroup(cred, gid) {
@@ -430,7 +381,7 @@ func allowPeer(cred peerCred, euid, gid int) error {
 	if gid >= 0 {
 		who += " and group " + strconv.Itoa(gid)
 	}
-	return fmt.Errorf("tableflip: control socket: permission denied: uid %d may not use it (only %s may)", cred.uid, who)
+	return fmt.Errorf("tableflip: control socket: permission denied: uid %d may not use it (only %s may)", cred.UID, who)
 }
 
 // readControlRequest reads and parses one request line, within the read
@@ -464,4 +415,90 @@ func readControlRequest(c net.Conn) (*ControlRequest, *ControlError) {
 		return nil, &ControlError{Reason: ReasonBadRequest, Message: fmt.Sprintf("tableflip: control socket: protocol version %d; this process speaks %d", req.V, ControlVersion)}
 	}
 	return &req, nil
+}
+
+// listenControl creates the control socket at path with mode 0600, or
+// 0660 and group gid. The socket is bound under a temporary name in the
+// same directory, given its mode and group, and only then renamed to path,
+// so that the file is never at path with a wider mode.
+func listenControl(path string, gid int) (net.Listener, error) {
+	if err := checkStaleSocket(path); err != nil {
+		return nil, err
+	}
+	mode := os.FileMode(0o600)
+	if gid >= 0 {
+		mode = 0o660
+	}
+	tmp := filepath.Join(filepath.Dir(path), ".tableflip-"+strconv.Itoa(os.Getpid())+".sock")
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false)
+	fail := func(err error) (net.Listener, error) {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	if gid >= 0 {
+		if err := os.Lchown(tmp, -1, gid); err != nil {
+			return fail(err)
+		}
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(err)
+	}
+	return &controlListener{ln, &net.UnixAddr{Name: path, Net: "unix"}}, nil
+}
+
+// controlListener reports the path it was renamed to as its address,
+// which is what Fds passes it on under.
+type controlListener struct {
+	*net.UnixListener
+	addr *net.UnixAddr
+}
+
+func (l *controlListener) Addr() net.Addr { return l.addr }
+
+// checkStaleSocket fails if something else is at path: a file that is not
+// a socket, or a socket that some process serves. A socket nobody serves
+// is left behind by a process that died, and is replaced.
+func checkStaleSocket(path string) error {
+	_, err := staleSocket("unix", path)
+	return err
+}
+
+// lookupGroup returns the gid of a group name or number, or -1 for "".
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.Atoi(name); err == nil && gid >= 0 {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, err
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+// inGroup reports whether the peer belongs to group gid.
+func inGroup(cred peercred.Cred, gid int) bool {
+	if cred.GID == gid || slices.Contains(cred.Groups, gid) {
+		return true
+	}
+	if cred.Groups != nil {
+		return false
+	}
+	u, err := user.LookupId(strconv.Itoa(cred.UID))
+	if err != nil {
+		return false
+	}
+	ids, err := u.GroupIds()
+	return err == nil && slices.Contains(ids, strconv.Itoa(gid))
 }

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/seed589fcc9d/tableflip/internal/peercred"
 )
 
 const (
@@ -32,7 +34,7 @@ const (
 )
 
 func init() {
-	helpers["ctlclient"] = helperControlClient
+	registerHelper("ctlclient", helperControlClient)
 	if d, err := time.ParseDuration(os.Getenv(controlReadTimeoutEnv)); err == nil {
 		controlReadTimeout = d
 	}
@@ -344,7 +346,7 @@ func TestControlOtherUID(t *testing.T) {
 	asNobody := func(path string) string {
 		t.Helper()
 		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), helperEnv+"=ctlclient", controlEnv+"="+path, controlCmdEnv+"="+ControlStatus)
+		cmd.Env = append(os.Environ(), helper("ctlclient"), controlEnv+"="+path, controlCmdEnv+"="+ControlStatus)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
 		cmd.Stderr = os.Stderr
 		out, err := cmd.Output()
@@ -452,23 +454,23 @@ func TestReasons(t *testing.T) {
 func TestAllowPeer(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
-		cred      peerCred
+		cred      peercred.Cred
 		euid, gid int
 		allow     bool
 	}{
-		{"same uid", peerCred{uid: 1000, gid: 1000}, 1000, -1, true},
-		{"root", peerCred{uid: 0, gid: 0}, 1000, -1, true},
-		{"other uid", peerCred{uid: 1001, gid: 1001}, 1000, -1, false},
-		{"other uid, same primary group, no group access", peerCred{uid: 1001, gid: 1000}, 1000, -1, false},
-		{"group member by primary gid", peerCred{uid: 1001, gid: 50}, 1000, 50, true},
-		{"group member by supplementary gid", peerCred{uid: 1001, gid: 7, groups: []int{7, 50}}, 1000, 50, true},
-		{"not a member", peerCred{uid: 1001, gid: 7, groups: []int{7}}, 1000, 50, false},
+		{"same uid", peercred.Cred{UID: 1000, GID: 1000}, 1000, -1, true},
+		{"root", peercred.Cred{UID: 0, GID: 0}, 1000, -1, true},
+		{"other uid", peercred.Cred{UID: 1001, GID: 1001}, 1000, -1, false},
+		{"other uid, same primary group, no group access", peercred.Cred{UID: 1001, GID: 1000}, 1000, -1, false},
+		{"group member by primary gid", peercred.Cred{UID: 1001, GID: 50}, 1000, 50, true},
+		{"group member by supplementary gid", peercred.Cred{UID: 1001, GID: 7, Groups: []int{7, 50}}, 1000, 50, true},
+		{"not a member", peercred.Cred{UID: 1001, GID: 7, Groups: []int{7}}, 1000, 50, false},
 	} {
 		err := allowPeer(tc.cred, tc.euid, tc.gid)
 		if (err == nil) != tc.allow {
 			t.Errorf("%s: %v, want allowed %t", tc.name, err, tc.allow)
 		}
-		if err != nil && !strings.Contains(err.Error(), fmt.Sprintf("uid %d may not use it", tc.cred.uid)) {
+		if err != nil && !strings.Contains(err.Error(), fmt.Sprintf("uid %d may not use it", tc.cred.UID)) {
 			t.Errorf("%s: %v does not name the uid", tc.name, err)
 		}
 	}

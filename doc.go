@@ -21,20 +21,25 @@
 // upgrade has succeeded, Exit is closed: the old process stops accepting
 // and finishes its work. Package drain does that without losing a request.
 //
-//	upg, err := tableflip.New(tableflip.Options{PIDFile: "/run/app.pid"})
+// Signals are set up before New: from the moment a new generation can be
+// announced as the serving one, neither the upgrade signal nor SIGTERM may
+// find its default action, which kills the process. Options.UpgradeSignal
+// makes New install the upgrade signal's handler itself.
+//
+//	stopped, unnotify := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+//	defer unnotify()
+//
+//	upg, err := tableflip.New(tableflip.Options{
+//		PIDFile:       "/run/app.pid",
+//		UpgradeSignal: syscall.SIGHUP,
+//	})
 //	if err != nil {
 //		log.Fatal(err)
 //	}
 //	defer upg.Stop()
-//
 //	go func() {
-//		sig := make(chan os.Signal, 1)
-//		signal.Notify(sig, syscall.SIGHUP)
-//		for range sig {
-//			if err := upg.Upgrade(); err != nil {
-//				log.Println("upgrade failed:", err)
-//			}
-//		}
+//		<-stopped.Done()
+//		upg.Stop()
 //	}()
 //
 //	ln, err := upg.Listen("tcp", ":8080")
@@ -65,9 +70,11 @@
 //	ExecStart=/usr/local/bin/app
 //	ExecReload=/bin/kill -HUP $MAINPID
 //
-// With a PID file instead, use Type=forking and PIDFile=. examples/systemd
-// has units for both, for Type=notify-reload (which makes systemctl reload
-// wait for the outcome of the upgrade) and for the control socket.
+// With a PID file instead, use Type=simple with PIDFile= (the program sets
+// Options.PIDFile to the same path). examples/systemd has units for both,
+// for Type=notify-reload (which makes systemctl reload wait for the
+// outcome of the upgrade) and for the control socket, and says what a
+// real systemd does with each, as measured.
 //
 // # Knowing the outcome, and state
 //
@@ -101,7 +108,8 @@
 //
 // # Other platforms
 //
-// On platforms that are not unix (Windows, Plan 9, wasm), New succeeds,
+// On platforms that are not unix (Windows, js/wasm, wasip1), New succeeds,
 // Listen creates fresh sockets and Upgrade returns ErrNotSupported, so the
-// same program runs there without upgrades.
+// same program runs there without upgrades. (Plan 9 is not supported: the
+// package does not build there.)
 package tableflip

@@ -17,24 +17,24 @@ import (
 	"github.com/seed589fcc9d/tableflip/drain"
 )
 
-// An HTTP server that upgrades on SIGHUP and drains without losing a
-// request.
+// An HTTP server that upgrades on SIGHUP, stops on SIGTERM, and drains
+// without losing a request.
 func Example_httpServer() {
-	upg, err := tableflip.New(tableflip.Options{PIDFile: "app.pid"})
+	// Before New, so that SIGTERM never kills a serving generation.
+	stopped, unnotify := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer unnotify()
+
+	upg, err := tableflip.New(tableflip.Options{
+		PIDFile:       "app.pid",
+		UpgradeSignal: syscall.SIGHUP, // from New on, SIGHUP upgrades
+	})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer upg.Stop()
-
 	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGHUP)
-		defer signal.Stop(sig)
-		for range sig {
-			if err := upg.Upgrade(); err != nil {
-				log.Println("upgrade failed:", err)
-			}
-		}
+		<-stopped.Done()
+		upg.Stop()
 	}()
 
 	ln, err := upg.Listen("tcp", "localhost:8080")
@@ -59,25 +59,51 @@ func Example_httpServer() {
 	}
 }
 
-// A TCP echo server that upgrades on SIGHUP; each generation finishes its
-// own connections.
-func Example_tcpServer() {
+// A program that handles the upgrade signal itself, to log each outcome
+// its own way, registers the signal before New: from the moment a new
+// generation can be announced as the serving one (at its Ready), a SIGHUP
+// must not find the signal's default action, which kills the process.
+// Registering it in a goroutine started after New leaves that window open.
+func Example_ownSignalHandler() {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+
 	upg, err := tableflip.New(tableflip.Options{})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer upg.Stop()
-
 	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGHUP)
-		defer signal.Stop(sig)
-		for range sig {
+		for range hup {
 			if err := upg.Upgrade(); err != nil {
 				log.Println("upgrade failed:", err)
 			}
 		}
 	}()
+
+	ln, err := upg.Listen("tcp", "localhost:8080")
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := drain.NewServer(&http.Server{Handler: http.NotFoundHandler()}, drain.Options{})
+	go srv.Serve(ln)
+	if err := upg.Ready(); err != nil {
+		log.Fatal(err)
+	}
+	<-upg.Exit()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv.Drain(ctx)
+}
+
+// A TCP echo server that upgrades on SIGHUP; each generation finishes its
+// own connections.
+func Example_tcpServer() {
+	upg, err := tableflip.New(tableflip.Options{UpgradeSignal: syscall.SIGHUP})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer upg.Stop()
 
 	ln, err := upg.Listen("tcp", "localhost:7070")
 	if err != nil {

@@ -13,7 +13,9 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
+	"github.com/seed589fcc9d/tableflip/internal/dup"
 	"github.com/seed589fcc9d/tableflip/internal/handover"
 )
 
@@ -56,7 +58,7 @@ func (k key) String() string {
 	}
 }
 
-// isUnix reports whether k is a Unix socket with a file in the file
+// isUnixFile reports whether k is a Unix socket with a file in the file
 // system (abstract sockets have none).
 func (k key) isUnixFile() bool {
 	switch {
@@ -85,6 +87,13 @@ type entry struct {
 	owner syscall.Conn
 	// taken is set when the entry leaves the inherited set.
 	taken bool
+	// fromParent is set on what the parent passed: a socket the parent
+	// still serves on.
+	fromParent bool
+	// held is set on a Unix socket whose file belongs to systemd (socket
+	// activation or the fd store): it is never removed. It is passed on
+	// with the entry.
+	held bool
 
 	// An inherited socket is made into its net object once (see
 	// prepare): obj and convErr are set when conv is done.
@@ -111,9 +120,38 @@ type Fds struct {
 	lc   *net.ListenConfig
 	log  *slog.Logger
 
-	// activated are the sockets systemd passed that nobody has asked
-	// for yet (see SystemdOptions).
-	activated sdFds
+	// extra hands out what the parent did not pass: the sockets
+	// systemd passed (see SystemdOptions), or nil.
+	extra source
+
+	// conns are the connections the listeners accepted (see conns.go).
+	conns connSet
+
+	// gate is closed once the listeners inherited from a parent may
+	// accept (see listener).
+	gate     chan struct{}
+	gateOnce sync.Once
+}
+
+// source hands out sockets that the parent did not pass: systemd's (see
+// SystemdOptions). Fds calls it with f.mu held.
+type source interface {
+	// take returns the entry for k, or nil.
+	take(k key) *entry
+	// close closes what nobody took.
+	close()
+}
+
+// alwaysOpen is a gate that is always open.
+var alwaysOpen = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// openGate lets the inherited listeners accept.
+func (f *Fds) openGate() {
+	f.gateOnce.Do(func() { close(f.gate) })
 }
 
 func newFds(inherited []*entry, lc *net.ListenConfig, log *slog.Logger) *Fds {
@@ -124,8 +162,10 @@ func newFds(inherited []*entry, lc *net.ListenConfig, log *slog.Logger) *Fds {
 		inherited: make(map[key][]*entry, len(inherited)),
 		lc:        lc,
 		log:       log,
+		gate:      make(chan struct{}),
 	}
 	for _, e := range inherited {
+		e.fromParent = true
 		for _, k := range e.names() {
 			f.inherited[k] = append(f.inherited[k], e)
 		}
@@ -153,14 +193,14 @@ func prepare(entries []*entry) {
 // the descriptor. Files stay descriptors.
 func (e *entry) convert() {
 	e.conv.Do(func() {
-		var make func(*os.File) (io.Closer, error)
+		var fromFile func(*os.File) (io.Closer, error)
 		switch e.kind {
 		case handover.KindListener:
-			make = func(f *os.File) (io.Closer, error) { return net.FileListener(f) }
+			fromFile = func(f *os.File) (io.Closer, error) { return net.FileListener(f) }
 		case handover.KindPacketConn:
-			make = func(f *os.File) (io.Closer, error) { return net.FilePacketConn(f) }
+			fromFile = func(f *os.File) (io.Closer, error) { return net.FilePacketConn(f) }
 		case handover.KindConn:
-			make = func(f *os.File) (io.Closer, error) { return net.FileConn(f) }
+			fromFile = func(f *os.File) (io.Closer, error) { return net.FileConn(f) }
 		default:
 			return
 		}
@@ -169,7 +209,7 @@ func (e *entry) convert() {
 		// serves on never turns blocking.
 		file := os.NewFile(uintptr(e.fd), e.key.String())
 		e.fd = -1
-		e.obj, e.convErr = make(file)
+		e.obj, e.convErr = fromFile(file)
 		file.Close()
 		if e.convErr != nil {
 			e.convErr = fmt.Errorf("tableflip: can't use inherited %s: %w", e.key, e.convErr)
@@ -215,12 +255,36 @@ func (f *Fds) take(k key) *entry {
 	}
 	if len(list) == 0 {
 		delete(f.inherited, k)
-		return f.takeActivated(k)
+		if f.extra != nil {
+			return f.extra.take(k)
+		}
+		return nil
 	}
 	e := list[0]
 	e.taken = true
 	f.inherited[k] = list[1:]
 	return e
+}
+
+// setSource makes s the source of sockets that the parent did not pass.
+func (f *Fds) setSource(s source) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.extra = s
+}
+
+// inheritedKeys lists the names under which the parent passed sockets and
+// files.
+func (f *Fds) inheritedKeys() []key {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var keys []key
+	for _, list := range f.inherited {
+		for _, e := range list {
+			keys = append(keys, e.key)
+		}
+	}
+	return keys
 }
 
 // use records e as passed on.
@@ -246,14 +310,14 @@ func (f *Fds) replace(e *entry) {
 // concurrent Add under the same name would close the original.
 func (e *entry) dup() (int, error) {
 	if e.fd >= 0 {
-		return dupFD(e.fd)
+		return dup.FD(e.fd)
 	}
-	return dupConn(e.owner)
+	return dup.Conn(e.owner)
 }
 
 func (e *entry) close() {
 	if e.fd >= 0 {
-		closeFD(e.fd)
+		dup.Close(e.fd)
 		e.fd = -1
 	}
 }
@@ -266,7 +330,55 @@ func (f *Fds) Listen(network, addr string) (net.Listener, error) {
 }
 
 func (f *Fds) newListener(network, addr string) (net.Listener, error) {
-	return f.lc.Listen(context.Background(), network, addr)
+	ln, err := f.lc.Listen(context.Background(), network, addr)
+	if err != nil && f.removedStale(network, addr, err) {
+		ln, err = f.lc.Listen(context.Background(), network, addr)
+	}
+	return ln, err
+}
+
+// removedStale removes the socket file at addr if err says it is in the
+// way and no process serves it: a generation killed before it could clean
+// up left it, and it must not stop the next start. It reports whether it
+// removed one.
+func (f *Fds) removedStale(network, addr string, err error) bool {
+	k := key{handover.KindListener, network, addr}
+	if network == "unixgram" {
+		k.kind = handover.KindPacketConn
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) || !k.isUnixFile() {
+		return false
+	}
+	stale, serr := staleSocket(network, addr)
+	if serr != nil || !stale {
+		return false
+	}
+	f.log.Warn("tableflip: removing a socket file that nobody serves", "path", addr)
+	return os.Remove(addr) == nil
+}
+
+// staleSocket reports whether path is a socket file that no process
+// serves (connecting to it is refused); an error says what else is there.
+func staleSocket(network, path string) (bool, error) {
+	info, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if info.Mode()&os.ModeSocket == 0 {
+		return false, fmt.Errorf("%s exists and is not a socket", path)
+	}
+	c, err := net.DialTimeout(network, path, time.Second)
+	if err == nil {
+		c.Close()
+		return false, fmt.Errorf("%s is served by another process", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return false, fmt.Errorf("%s: %w", path, err)
+	}
+	return true, nil
 }
 
 // ListenWithCallback returns a listener inherited from the parent process,
@@ -290,7 +402,7 @@ func (f *Fds) ListenWithCallback(network, addr string, callback func(network, ad
 		return nil, fmt.Errorf("tableflip: %T does not implement tableflip.Listener", ln)
 	}
 	f.own(key{handover.KindListener, network, addr}, sln, ln.Addr())
-	return ln, nil
+	return newListener(sln, alwaysOpen, &f.conns), nil
 }
 
 // Listener returns the listener inherited from the parent process for
@@ -313,7 +425,11 @@ func (f *Fds) listenerLocked(network, addr string) (net.Listener, error) {
 		return nil, err
 	}
 	f.claim(e, ln)
-	return ln, nil
+	gate := alwaysOpen
+	if e.fromParent {
+		gate = f.gate
+	}
+	return newListener(ln, gate, &f.conns), nil
 }
 
 // AddListener passes a copy of ln on to the next generation under network
@@ -332,7 +448,11 @@ func (f *Fds) ListenPacket(network, addr string) (net.PacketConn, error) {
 }
 
 func (f *Fds) newPacketConn(network, addr string) (net.PacketConn, error) {
-	return f.lc.ListenPacket(context.Background(), network, addr)
+	pc, err := f.lc.ListenPacket(context.Background(), network, addr)
+	if err != nil && f.removedStale(network, addr, err) {
+		pc, err = f.lc.ListenPacket(context.Background(), network, addr)
+	}
+	return pc, err
 }
 
 // ListenPacketWithCallback returns a packet conn inherited from the parent
@@ -437,7 +557,7 @@ func (f *Fds) File(name string) (*os.File, error) {
 		return nil, nil
 	}
 	f.use(e)
-	return dupFile(e.fd, name)
+	return dup.File(e.fd, name)
 }
 
 // Files returns duplicates of all files inherited from the parent process
@@ -457,7 +577,7 @@ func (f *Fds) Files() ([]*os.File, error) {
 	for _, k := range inherited {
 		for e := f.take(k); e != nil; e = f.take(k) {
 			f.use(e)
-			file, err := dupFile(e.fd, k.addr)
+			file, err := dup.File(e.fd, k.addr)
 			if err != nil {
 				for _, file := range files {
 					file.Close()
@@ -482,7 +602,7 @@ func (f *Fds) addLocked(k key, c syscall.Conn) error {
 	if ul, ok := c.(interface{ SetUnlinkOnClose(bool) }); ok {
 		ul.SetUnlinkOnClose(false)
 	}
-	fd, err := dupConn(c)
+	fd, err := dup.Conn(c)
 	if err != nil {
 		return fmt.Errorf("tableflip: can't duplicate %s: %w", k, err)
 	}
@@ -535,13 +655,15 @@ type passed struct {
 
 func (p *passed) close() {
 	for _, fd := range p.dups {
-		closeFD(fd)
+		dup.Close(fd)
 	}
 }
 
-// collect lists what the next generation inherits. Sockets the program
-// has closed are dropped.
-func (f *Fds) collect() (*passed, error) {
+// collect lists what the next generation inherits, in duplicates that
+// p.close closes. Sockets the program has closed are dropped. With hold,
+// the Unix socket files of what is listed become systemd's (see entry.held):
+// it is about to keep them in its fd store.
+func (f *Fds) collect(hold bool) (*passed, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
@@ -552,7 +674,7 @@ func (f *Fds) collect() (*passed, error) {
 	var dupErr error
 	f.used = slices.DeleteFunc(f.used, func(e *entry) bool {
 		fd, err := e.dup()
-		if errors.Is(err, errClosed) {
+		if errors.Is(err, dup.ErrClosed) {
 			f.log.Debug("tableflip: not passing on a closed socket", "socket", e.key.String())
 			return true
 		}
@@ -562,8 +684,11 @@ func (f *Fds) collect() (*passed, error) {
 			}
 			return false
 		}
+		if hold && e.isUnixFile() {
+			e.held = true
+		}
 		p.dups = append(p.dups, fd)
-		p.entries = append(p.entries, handover.Entry{Kind: e.kind, Network: e.network, Addr: e.addr, Bound: e.bound})
+		p.entries = append(p.entries, handover.Entry{Kind: e.kind, Network: e.network, Addr: e.addr, Bound: e.bound, Held: e.held})
 		p.fds = append(p.fds, fd)
 		return false
 	})
@@ -586,7 +711,7 @@ func (f *Fds) closeInherited() (stale []string) {
 			if e.taken {
 				continue
 			}
-			if k == e.key && k.isUnixFile() && !e.heldBySystemd() {
+			if k == e.key && k.isUnixFile() && !e.held {
 				stale = append(stale, k.addr)
 			}
 			e.conv.Do(func() {}) // waits for a conversion under way
@@ -597,7 +722,9 @@ func (f *Fds) closeInherited() (stale []string) {
 			e.close()
 		}
 	}
-	f.closeActivated()
+	if f.extra != nil {
+		f.extra.close()
+	}
 	clear(f.inherited)
 	return stale
 }
@@ -608,7 +735,7 @@ func (f *Fds) closeUsed(final bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, e := range f.used {
-		if final && e.isUnixFile() && !e.heldBySystemd() {
+		if final && e.isUnixFile() && !e.held {
 			unlinkUnixSocket(e.addr)
 		}
 		e.close()

@@ -20,7 +20,7 @@ func inheritedFds(t *testing.T, sockets ...Listener) *Fds {
 		parent.own(key{handover.KindListener, "tcp", "127.0.0.1:0"}, ln, ln.Addr())
 		parent.mu.Unlock()
 	}
-	p, err := parent.collect()
+	p, err := parent.collect(false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestListenFindsPortZeroByBothNames(t *testing.T) {
 		t.Errorf("Listen(%s) = %s, want the inherited socket", b.Addr(), got2.Addr())
 	}
 	// Both are passed on again, under the name they were created with.
-	p, err := f.collect()
+	p, err := f.collect(false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestClosedSocketIsNotPassedOn(t *testing.T) {
 	}
 	defer pc.Close()
 	ln.Close()
-	p, err := f.collect()
+	p, err := f.collect(false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestAddFileIsPassedOn(t *testing.T) {
 	}
 	// The caller may close its copy.
 	file.Close()
-	p, err := f.collect()
+	p, err := f.collect(false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,12 @@
 package tableflip
 
 import (
-	"os"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/seed589fcc9d/tableflip/internal/handover"
+	"github.com/seed589fcc9d/tableflip/internal/proc"
 )
 
 // # Several generations at once
@@ -44,6 +46,8 @@ import (
 type GenerationInfo struct {
 	PID        int    `json:"pid"`
 	Generation uint64 `json:"generation,omitempty"`
+	// ParentPID is the pid of the generation that started it, if known.
+	ParentPID int `json:"parent_pid,omitempty"`
 	// Started is when the generation called New; zero if unknown (a
 	// parent that does not run several generations does not say).
 	Started time.Time `json:"started,omitzero"`
@@ -52,11 +56,11 @@ type GenerationInfo struct {
 	// DrainingSince is when a newer generation took over from this one;
 	// zero for the generation that serves.
 	DrainingSince time.Time `json:"draining_since,omitzero"`
-	// Conns is how many connections the generation holds open:
-	// established TCP connections and Unix stream connections accepted
-	// on a named socket (the control socket's included), as the kernel
-	// reports them in /proc; -1 where that cannot be read (platforms
-	// other than Linux, or another user's process).
+	// Conns is how many connections the generation holds open: those
+	// accepted on the listeners the Upgrader handed out (the control
+	// socket's included) and not closed yet. The serving generation
+	// counts its own; an older one is asked, and is -1 if it did not
+	// answer in time, or off Linux.
 	Conns int `json:"conns"`
 }
 
@@ -73,22 +77,55 @@ type olderGen struct {
 	drainingSince func() time.Time
 }
 
-// generations tracks the older generations still alive. Stats and the
-// handshake read it from other goroutines than the run loop, so it has
-// a mutex.
+// generations tracks the older generations still alive, and this one's
+// drain. Stats and the handshake read it from other goroutines than the
+// run loop, so it has a mutex, which guards plain fields only.
 type generations struct {
 	mu    sync.Mutex
 	older []*olderGen // oldest first
 	// deadlineHits counts the times this generation's drain deadline
 	// passed: 0 or 1.
 	deadlineHits uint64
-	// handedOver is when this generation's successor was acknowledged.
-	handedOver time.Time
+	// handedOverAt is when this generation's successor was acknowledged.
+	handedOverAt time.Time
 }
 
-// liveOlder returns the older generations that are still alive, oldest
-// first, and forgets the others.
-func (g *generations) liveOlder() []GenerationInfo {
+// init learns from the parent's hello which older generations are alive.
+// A parent that sent no list stands for itself alone.
+func (g *generations) init(p *parentLink) {
+	if p == nil {
+		return
+	}
+	parent := &olderGen{
+		info:  GenerationInfo{PID: p.pid, Generation: p.generation},
+		alive: func() bool { return !closed(p.exited) },
+		drainingSince: func() time.Time {
+			if closed(p.ack) {
+				return p.ackAt
+			}
+			return time.Time{}
+		},
+	}
+	for _, l := range p.live {
+		info := GenerationInfo{PID: l.PID, Generation: l.Generation, Started: fromUnixNano(l.Started), DrainingSince: fromUnixNano(l.Draining)}
+		if l.PID == p.pid {
+			// Its end of file on the handover socket says when it
+			// exits: no need to watch its pid.
+			parent.info = info
+			continue
+		}
+		w, ok := proc.WatchPID(l.PID)
+		if !ok {
+			continue
+		}
+		g.older = append(g.older, &olderGen{info: info, alive: w.Alive, release: w.Close})
+	}
+	g.older = append(g.older, parent)
+}
+
+// live returns the older generations that are still alive, oldest first,
+// and forgets the others.
+func (g *generations) live() []GenerationInfo {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var live []GenerationInfo
@@ -108,42 +145,68 @@ func (g *generations) liveOlder() []GenerationInfo {
 	return live
 }
 
-// multiGeneration reports whether upgrades may overlap older
-// generations' drains.
-func (u *Upgrader) multiGeneration() bool {
-	return u.opts.MaxGenerations > 1
+// handover is the list of live generations for the hello: the older ones
+// and self, or nil unless several generations may run (the hello then
+// stays byte for byte what a parent of one generation at a time sends).
+func (g *generations) handover(self GenerationInfo, multi bool) []handover.LiveGeneration {
+	if !multi {
+		return nil
+	}
+	var list []handover.LiveGeneration
+	for _, o := range append(g.live(), self) {
+		list = append(list, handover.LiveGeneration{
+			PID: o.PID, Generation: o.Generation,
+			Started: toUnixNano(o.Started), Draining: toUnixNano(o.DrainingSince),
+		})
+	}
+	return list
 }
 
-// atGenerationCap reports whether an upgrade now would make more than
-// MaxGenerations generations alive: the older ones, this one and the new
-// one.
-func (u *Upgrader) atGenerationCap() bool {
-	return len(u.gens.liveOlder())+2 > u.opts.MaxGenerations
+func (g *generations) handedOver(at time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.handedOverAt = at
 }
 
-// generationStats adds the live generations to st: Generations lists
-// them all, oldest first and this one last, and Draining the older ones'
-// pids.
-func (u *Upgrader) generationStats(st *Stats) {
+func (g *generations) deadlineHit() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.deadlineHits++
+}
+
+// stats lists the live generations, oldest first and self last, with
+// their ages and open connections (self's are selfConns; the older ones
+// are asked, see conns.go), and the drain deadline hits. Self drains too
+// once it has handed over: it no longer answers the control socket, but
+// its Stats still tell.
+func (g *generations) stats(self GenerationInfo, selfConns int) ([]GenerationInfo, uint64) {
+	list := g.live()
+	countOlder(list)
+	g.mu.Lock()
+	self.DrainingSince = g.handedOverAt
+	hits := g.deadlineHits
+	g.mu.Unlock()
+	self.Conns = selfConns
+	list = append(list, self)
 	now := time.Now()
-	live := u.gens.liveOlder()
-	self := GenerationInfo{PID: os.Getpid(), Generation: st.Generation, Started: st.Started}
-	u.gens.mu.Lock()
-	// Zero unless this one has handed over: then it drains too (it no
-	// longer answers the control socket, but its Stats still tell).
-	self.DrainingSince = u.gens.handedOver
-	st.DrainDeadlineHits = u.gens.deadlineHits
-	u.gens.mu.Unlock()
-	st.Generations = append(live, self)
-	st.Draining = nil
-	for i := range st.Generations {
-		g := &st.Generations[i]
-		if !g.Started.IsZero() {
-			g.AgeSeconds = now.Sub(g.Started).Seconds()
-		}
-		g.Conns = openConns(g.PID)
-		if g.PID != self.PID {
-			st.Draining = append(st.Draining, g.PID)
+	for i := range list {
+		if !list[i].Started.IsZero() {
+			list[i].AgeSeconds = now.Sub(list[i].Started).Seconds()
 		}
 	}
+	return list, hits
+}
+
+func toUnixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
 }

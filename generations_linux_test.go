@@ -28,9 +28,11 @@ const (
 	// termEnv says what the helper does on SIGTERM: "honour" closes its
 	// connections and exits, anything else logs it and serves on.
 	termEnv = "TABLEFLIP_TEST_TERM"
+	// countWaitEnv sets connCountWait.
+	countWaitEnv = "TABLEFLIP_TEST_COUNT_WAIT"
 )
 
-func init() { helpers["gens"] = helperGenerations }
+func init() { registerHelper("gens", helperGenerations) }
 
 // helperGenerations is a generation of a server of long-lived
 // connections: each keeps being served by the generation that accepted
@@ -52,6 +54,9 @@ func helperGenerations() int {
 	signal.Notify(terms, syscall.SIGTERM)
 	maxGen, _ := strconv.Atoi(os.Getenv(maxGenEnv))
 	drain, _ := time.ParseDuration(os.Getenv(drainEnv))
+	if d, err := time.ParseDuration(os.Getenv(countWaitEnv)); err == nil {
+		connCountWait = d
+	}
 	upg, err := New(Options{PIDFile: os.Getenv(pidFileEnv), MaxGenerations: maxGen, DrainTimeout: drain,
 		ControlSocket: os.Getenv(controlEnv)})
 	if err != nil {
@@ -143,7 +148,7 @@ func serveGeneration(upg *Upgrader, c net.Conn) {
 		}
 	case "upgrade":
 		if err := upg.Upgrade(); err != nil {
-			fmt.Fprintf(c, "error %s %v\n", reason(err), err)
+			fmt.Fprintf(c, "error %s %v\n", controlError(err).Reason, err)
 		} else {
 			fmt.Fprintln(c, "ok")
 		}
@@ -202,32 +207,6 @@ func (cl *genClient) echo(t *testing.T) {
 	}
 }
 
-// liveInGroup counts the processes of process group pgid that have not
-// exited (zombies do not count).
-func liveInGroup(t *testing.T, pgid int) int {
-	t.Helper()
-	names, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, d := range names {
-		if _, err := strconv.Atoi(d.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...: comm may hold spaces.
-		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(fields) > 2 && fields[2] == strconv.Itoa(pgid) && fields[0] != "Z" && fields[0] != "X" {
-			n++
-		}
-	}
-	return n
-}
-
 func (s *server) status() Stats {
 	s.t.Helper()
 	var st Stats
@@ -249,13 +228,13 @@ func (s *server) upgradeDraining() {
 	s.waitEvent(old, "draining")
 }
 
-func startGenServer(t *testing.T, env ...string) (*server, string) {
+func startGenServer(t testing.TB, env ...string) (*server, string) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "echo.sock")
 	// The race detector sleeps a second before a process exits: more
 	// than the grace a generation that honours SIGTERM gets here.
 	env = append(env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	env = append(env, helperEnv+"=gens", unixPathEnv+"="+sock, controlEnv+"="+filepath.Join(dir, "ctl.sock"))
+	env = append(env, helper("gens"), unixPathEnv+"="+sock, controlEnv+"="+filepath.Join(dir, "ctl.sock"))
 	s := startServer(t, serverConfig{env: env})
 	if s.udp != sock {
 		t.Fatalf("unix listener at %s, want %s", s.udp, sock)
@@ -288,7 +267,7 @@ func TestGenerationsBackToBack(t *testing.T) {
 		for _, cl := range all {
 			cl.echo(t)
 		}
-		if n := liveInGroup(t, pgid); n != len(gens) || n > maxGen {
+		if n := processesInGroup(pgid, false); n != len(gens) || n > maxGen {
 			t.Fatalf("%d generations alive, want %d (cap %d)", n, len(gens), maxGen)
 		}
 		if b, _ := os.ReadFile(s.pidFile); strings.TrimSpace(string(b)) != strconv.Itoa(s.pid) {
@@ -437,4 +416,102 @@ func TestDrainDeadline(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGenerationsCountWhenAMiddleOneExits: the serving generation counts
+// the connections of every draining one, also of one whose child has
+// exited already (generation 1, after generation 2).
+func TestGenerationsCountWhenAMiddleOneExits(t *testing.T) {
+	s, sock := startGenServer(t, maxGenEnv+"=3")
+	first := s.pid
+	held := []*genClient{dialEcho(t, "tcp", s.tcp), dialEcho(t, "unix", sock)}
+	s.upgradeDraining()
+	second := s.pid
+	brief := dialEcho(t, "tcp", s.tcp)
+	s.upgradeDraining()
+	brief.c.Close()
+	s.waitEvent(second, "exiting")
+	// The first generation, its parent, reaps it.
+	var st Stats
+	waitFor(t, "the second generation to exit", func() bool {
+		st = s.status()
+		return len(st.Generations) == 2
+	})
+	if st.Generations[0].PID != first {
+		t.Fatalf("status lists %+v, want generation %d draining and %d serving", st.Generations, first, s.pid)
+	}
+	if got := st.Generations[0].Conns; got != len(held) {
+		t.Errorf("generation %d holds %d connections, status says %d", first, len(held), got)
+	}
+	// Its own: the connection asking for the status.
+	if got := st.Generations[1].Conns; got != 1 {
+		t.Errorf("serving generation: status says %d connections, want 1 (the status request's)", got)
+	}
+	for _, cl := range held {
+		cl.echo(t)
+	}
+}
+
+// TestStatusDoesNotDelayUpgrade: a status request waiting for a draining
+// generation that does not answer (stopped by SIGSTOP) does not hold up an
+// upgrade asked for meanwhile.
+func TestStatusDoesNotDelayUpgrade(t *testing.T) {
+	s, sock := startGenServer(t, maxGenEnv+"=3", countWaitEnv+"=5m")
+	first := s.pid
+	dialEcho(t, "unix", sock)
+	s.upgradeDraining()
+	if err := syscall.Kill(first, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(first, syscall.SIGCONT)
+
+	status := make(chan string, 1)
+	go func() {
+		c, err := net.Dial("tcp", s.tcp)
+		if err != nil {
+			status <- err.Error()
+			return
+		}
+		defer c.Close()
+		fmt.Fprintln(c, "status")
+		b, _ := io.ReadAll(c)
+		status <- string(b)
+	}()
+	// The request is in flight once it has reached the stopped
+	// generation's socket.
+	waitFor(t, "the status request to reach the stopped generation", func() bool {
+		return unixConnections(t, connCountAddr(first)) > 1
+	})
+	s.upgradeDraining()
+	select {
+	case got := <-status:
+		t.Fatalf("status answered while generation %d was stopped: %s", first, got)
+	default:
+	}
+	syscall.Kill(first, syscall.SIGCONT)
+	var st Stats
+	if err := json.Unmarshal([]byte(<-status), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Generations) < 1 || st.Generations[0].PID != first || st.Generations[0].Conns != 1 {
+		t.Errorf("status after SIGCONT lists %+v, want generation %d first with 1 connection", st.Generations, first)
+	}
+}
+
+// unixConnections counts the Unix sockets bound to name (abstract names
+// start with @), the listener and the connections it has accepted or
+// queued.
+func unixConnections(t *testing.T, name string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 8 && f[7] == name {
+			n++
+		}
+	}
+	return n
 }

@@ -2,19 +2,13 @@ package tableflip
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 )
 
-// pendingPID is a PID file written to a temporary name, waiting to be
-// renamed into place. Writing it before the handover is committed means a
-// full disk or a missing directory fails the upgrade, not the process that
-// already took over.
-type pendingPID struct {
-	tmp, path string
-}
-
+// pidPath makes path absolute, taking a relative one from wd.
 func pidPath(path, wd string) string {
 	if path == "" || filepath.IsAbs(path) {
 		return path
@@ -22,51 +16,47 @@ func pidPath(path, wd string) string {
 	return filepath.Join(wd, path)
 }
 
-// newPIDFile writes this process's pid to a new file beside path. The file
-// is created exclusively under a random name, so a symlink planted at any
-// name is never followed. A nil result with no error means there is no
-// PID file to write.
-func newPIDFile(path, wd string) (*pendingPID, error) {
-	path = pidPath(path, wd)
+// writePIDFile puts pid in the file at path, an absolute path or "" for
+// none, atomically: the pid is written to a new file beside path, created
+// exclusively under a random name so that a symlink planted at any name is
+// never followed, and then renamed over path (which replaces a symlink
+// there rather than writing through it).
+//
+// The first generation writes its own pid at Ready. A later generation's
+// pid is written by its parent, before the parent acknowledges it: so the
+// file names the new generation before the old one can exit (systemd's
+// PIDFile= reads it when the main process exits), and before the old one
+// tells anyone the upgrade succeeded.
+func writePIDFile(path string, pid int) error {
 	if path == "" {
-		return nil, nil
+		return nil
 	}
+	if err := writeFileAtomic(path, pid); err != nil {
+		return fmt.Errorf("%w: %w", errPIDFile, err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, pid int) error {
 	dir, base := filepath.Split(path)
 	f, err := os.CreateTemp(dir, "."+base+".*")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	_, err = f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
 	if err == nil {
 		err = f.Chmod(0o644)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
 	if err != nil {
 		os.Remove(f.Name())
-		return nil, err
 	}
-	return &pendingPID{tmp: f.Name(), path: path}, nil
-}
-
-// commit puts the PID file in place atomically. rename replaces a symlink
-// at path rather than writing through it.
-func (p *pendingPID) commit() error {
-	if p == nil {
-		return nil
-	}
-	if err := os.Rename(p.tmp, p.path); err != nil {
-		os.Remove(p.tmp)
-		return err
-	}
-	return nil
-}
-
-func (p *pendingPID) abandon() {
-	if p != nil {
-		os.Remove(p.tmp)
-	}
+	return err
 }
 
 // removePIDFile removes the PID file if it still names this process: a

@@ -13,11 +13,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 const stateSizeEnv = "TABLEFLIP_TEST_STATE_SIZE"
 
-func init() { helpers["stateserver"] = helperStateServer }
+func init() { registerHelper("stateserver", helperStateServer) }
 
 // statePattern writes n bytes of a pattern both sides can make.
 func statePattern(w io.Writer, n int64) error {
@@ -49,12 +50,19 @@ func helperStateServer() int {
 		fmt.Printf("event %d %s\n", os.Getpid(), fmt.Sprintf(format, args...))
 	}
 	size, _ := strconv.ParseInt(os.Getenv(stateSizeEnv), 10, 64)
+	timeout, _ := time.ParseDuration(os.Getenv(timeoutEnv))
 	upg, err := New(Options{
+		UpgradeTimeout: timeout,
 		WriteState: func(w io.Writer) error {
 			switch readMode() {
 			case "writer-fails":
 				statePattern(w, 1000)
 				return errors.New("disk on fire")
+			case "writer-blocks":
+				// A writer that never returns, whatever happens
+				// to the socket.
+				say("writer blocking")
+				select {}
 			case "writer-dies":
 				statePattern(w, size/2)
 				// Past the writer's buffer: chunks of half the
@@ -110,9 +118,10 @@ func helperStateServer() int {
 	return 0
 }
 
-func startStateServer(t testing.TB, size int64) *server {
+func startStateServer(t testing.TB, size int64, env ...string) *server {
 	t.Helper()
-	s := startServer(t, serverConfig{env: []string{helperEnv + "=stateserver", stateSizeEnv + "=" + strconv.FormatInt(size, 10)}})
+	env = append(env, helper("stateserver"), stateSizeEnv+"="+strconv.FormatInt(size, 10))
+	s := startServer(t, serverConfig{env: env})
 	s.udp = "-"
 	if got := s.waitEvent(s.pid, "state"); got != "state none" {
 		t.Errorf("first start: %q, want no state", got)
@@ -190,12 +199,44 @@ func TestStateFailures(t *testing.T) {
 	})
 }
 
-func TestStateFirstStart(t *testing.T) {
-	u, err := newUpgrader(&osEnv{lookupEnv: func(string) (string, bool) { return "", false }, wd: t.TempDir(), args: os.Args}, Options{})
+// TestStateWriterNeverReturns: a WriteState that blocks for ever fails
+// its upgrade at UpgradeTimeout, does not wedge the next upgrade, and
+// does not keep Stop from ending the process.
+func TestStateWriterNeverReturns(t *testing.T) {
+	s := startStateServer(t, 1000, timeoutEnv+"=1s")
+	reply := s.failedUpgrade("writer-blocks")
+	s.waitEvent(s.pid, "writer blocking")
+	if !strings.HasSuffix(reply, "[ErrTimeout,ChildError{code=-1,signal=15}]") {
+		t.Errorf("upgrade with a writer that never returns: %q, want a timeout", reply)
+	}
+	if got := s.waitEvent(s.pid, "upgrade-failed"); !strings.Contains(got, "timed out") {
+		t.Errorf("OnUpgradeFailed got %q, want the timeout", got)
+	}
+	s.upgrade()
+	s.stopAll(t)
+
+	// Stop while such a writer blocks, in an upgrade whose deadline is
+	// far beyond the test's own (a minute per wait): the process exits.
+	s2 := startStateServer(t, 1000, timeoutEnv+"=1h")
+	s2.setMode("writer-blocks")
+	c, err := net.Dial("tcp", s2.tcp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer u.Stop()
+	defer c.Close()
+	fmt.Fprintln(c, "upgrade")
+	s2.waitEvent(s2.pid, "writer blocking")
+	if got := s2.command("stop"); got != "stopped" {
+		t.Fatalf("stop: %q", got)
+	}
+	s2.waitEvent(s2.pid, "exiting")
+	s2.reap(s2.pid)
+	s2.pid = 0
+	noChildren(t)
+}
+
+func TestStateFirstStart(t *testing.T) {
+	u := firstGeneration(t, Options{})
 	if _, err := u.State(); !errors.Is(err, ErrNoState) {
 		t.Errorf("State on a first start: %v, want ErrNoState", err)
 	}

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/seed589fcc9d/tableflip/internal/handover"
+	"github.com/seed589fcc9d/tableflip/internal/memfd"
+	"github.com/seed589fcc9d/tableflip/systemd"
 	"golang.org/x/sys/unix"
 )
 
@@ -162,7 +164,7 @@ func TestStoredStateTruncated(t *testing.T) {
 
 	read := func(content []byte) ([]byte, error) {
 		t.Helper()
-		f, err := newStateMemfd()
+		f, err := memfd.Create(stateStoreName)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -171,13 +173,13 @@ func TestStoredStateTruncated(t *testing.T) {
 		}
 		// The shared offset is left at the end: the reader starts at 0
 		// all the same.
-		fds := Fds{activated: sdFds{
+		a := activation{fds: []systemd.ListenFd{
 			{Fd: 3, Name: "tableflip.L.tcp.127.0.0.1%3A0"},
 			{Fd: int(f.Fd()), Name: stateStoreName, File: f},
 		}}
-		s := fds.takeStoredState()
-		if s == nil || len(fds.activated) != 1 || fds.activated[0].Name == stateStoreName {
-			t.Fatalf("state not taken: %v, left %v", s, fds.activated)
+		s := a.takeState()
+		if s == nil || len(a.fds) != 1 || a.fds[0].Name == stateStoreName {
+			t.Fatalf("state not taken: %v, left %v", s, a.fds)
 		}
 		defer s.file.Close()
 		return io.ReadAll(s)

@@ -1,8 +1,6 @@
 package tableflip
 
 import (
-	"errors"
-	"os"
 	"sync"
 	"time"
 )
@@ -45,8 +43,7 @@ type Stats struct {
 	// parent, unless Options.MaxGenerations allows more.
 	Draining []int `json:"draining,omitempty"`
 	// Generations lists the live generations, oldest first and this one
-	// last, with their pid and age. Connection counts are not given:
-	// the library does not see the program's connections.
+	// last, with their pid, age and open connections.
 	Generations []GenerationInfo `json:"generations,omitempty"`
 	// DrainDeadlineHits is 1 once this generation's
 	// Options.DrainTimeout has passed and it was told to exit.
@@ -63,15 +60,17 @@ type UpgradeOutcome struct {
 	Seconds float64 `json:"seconds"`
 }
 
-// upgradeStats holds the numbers behind Stats. The run loop updates them;
-// Stats and the control socket read them from other goroutines, so they
-// are under a mutex rather than owned by the run loop: a status request
-// must be answered while the run loop waits for an upgrade.
+// upgradeStats holds the counters behind Stats. The run loop updates them
+// (it is an observer); Stats and the control socket read them from other
+// goroutines, so they are under a mutex rather than owned by the run loop:
+// a status request must be answered while the run loop waits for an
+// upgrade. Nothing is done under the mutex but copying.
 type upgradeStats struct {
-	mu         sync.Mutex
+	mu sync.Mutex
+	// generation is this generation's number, fixed at New.
 	generation uint64
-	started    time.Time
 	upgrading  bool
+	started    time.Time // of the upgrade under way
 	attempted  uint64
 	succeeded  uint64
 	failed     uint64
@@ -80,24 +79,21 @@ type upgradeStats struct {
 	lastErrAt  time.Time
 }
 
-// initStats records who this generation is.
-func (u *Upgrader) initStats() {
-	u.stats.generation = inheritedGeneration(u.parent) + 1
-	u.stats.started = time.Now()
-	u.initGenerations()
-}
+var _ observer = (*upgradeStats)(nil)
 
-// upgradeStarted is called by the run loop as an upgrade begins.
-func (s *upgradeStats) upgradeStarted() {
+func (s *upgradeStats) ready()               {}
+func (s *upgradeStats) refused(error)        {}
+func (s *upgradeStats) childStarted(pid int) {}
+func (s *upgradeStats) stopping()            {}
+func (s *upgradeStats) upgradeStarting() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.upgrading = true
+	s.started = time.Now()
 	s.attempted++
 }
 
-// upgradeFinished is called by the run loop with the outcome of the
-// upgrade that began at start; childPID is the new generation's pid.
-func (s *upgradeStats) upgradeFinished(err error, childPID int, start time.Time) {
+func (s *upgradeStats) upgradeDone(pid int, err error) {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -109,7 +105,7 @@ func (s *upgradeStats) upgradeFinished(err error, childPID int, start time.Time)
 		return
 	}
 	s.succeeded++
-	s.last = UpgradeOutcome{PID: childPID, Generation: s.generation + 1, Seconds: now.Sub(start).Seconds()}
+	s.last = UpgradeOutcome{PID: pid, Generation: s.generation + 1, Seconds: now.Sub(s.started).Seconds()}
 }
 
 func (s *upgradeStats) lastUpgrade() UpgradeOutcome {
@@ -118,31 +114,49 @@ func (s *upgradeStats) lastUpgrade() UpgradeOutcome {
 	return s.last
 }
 
-// Stats returns a snapshot of this generation's state and upgrade counters.
-// It never blocks on an upgrade under way.
+// Generation returns who this generation is: its pid, its generation
+// number, its parent's pid and when it called New (AgeSeconds and
+// DrainingSince are zero, and Conns is -1: they are not fixed). These
+// never change after New, so Generation costs nothing and never blocks:
+// call it anywhere, in a handler or before Ready.
+func (u *Upgrader) Generation() GenerationInfo {
+	g := u.self
+	g.Conns = -1
+	return g
+}
+
+// Stats returns a snapshot of this generation's state and upgrade
+// counters, and of the generations alive. It never blocks on an upgrade
+// under way, and holds no lock while it counts connections.
+//
+// It counts each live generation's open connections (GenerationInfo.Conns,
+// see there for what is counted): that costs in proportion to the
+// connections this generation holds, whatever else the host holds, plus
+// one round trip to each older generation that still drains (at most
+// 250 ms in all, should one not answer). Generation has the fixed facts
+// for nothing.
 func (u *Upgrader) Stats() Stats {
-	st := Stats{PID: os.Getpid(), Ready: closed(u.readyC), Exiting: closed(u.exitC)}
-	if u.parent != nil {
-		st.ParentPID = u.parent.pid
-		if !closed(u.parent.exited) {
-			st.Draining = []int{u.parent.pid}
-		}
-	}
 	s := &u.stats
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	st.Generation = s.generation
-	st.Started = s.started
-	st.Upgrading = s.upgrading
-	st.UpgradesAttempted = s.attempted
-	st.UpgradesSucceeded = s.succeeded
-	st.UpgradesFailed = s.failed
+	st := Stats{
+		Upgrading:         s.upgrading,
+		UpgradesAttempted: s.attempted,
+		UpgradesSucceeded: s.succeeded,
+		UpgradesFailed:    s.failed,
+	}
 	if s.lastErr != nil {
 		e := *s.lastErr
 		st.LastFailure = &e
 		st.LastFailureAt = s.lastErrAt
 	}
-	u.generationStats(&st)
+	s.mu.Unlock()
+	st.PID, st.Generation, st.ParentPID, st.Started = u.self.PID, u.self.Generation, u.self.ParentPID, u.self.Started
+	st.Ready = closed(u.readyC)
+	st.Exiting = closed(u.exitC)
+	st.Generations, st.DrainDeadlineHits = u.gens.stats(u.self, u.Fds.conns.count())
+	for _, g := range st.Generations[:len(st.Generations)-1] {
+		st.Draining = append(st.Draining, g.PID)
+	}
 	return st
 }
 
@@ -153,46 +167,4 @@ func closed(c <-chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-// reason names the kind of an error from Upgrade for the control protocol
-// and Stats.
-func reason(err error) string {
-	for _, r := range []struct {
-		err    error
-		reason string
-	}{
-		{ErrNotSupported, ReasonNotSupported},
-		{ErrNotReady, ReasonNotReady},
-		{ErrUpgradeInProgress, ReasonInProgress},
-		{ErrParentRunning, ReasonParentRunning},
-		{ErrTooManyGenerations, ReasonTooMany},
-		{ErrUpgraded, ReasonUpgraded},
-		{ErrTimeout, ReasonTimeout},
-		{ErrChildExited, ReasonChildExited},
-		{ErrHandover, ReasonHandover},
-		// Last: an upgrade cut short by Stop is a *ChildError wrapping
-		// ErrStopped, and says stopped.
-		{ErrStopped, ReasonStopped},
-	} {
-		if errors.Is(err, r.err) {
-			return r.reason
-		}
-	}
-	return ReasonFailed
-}
-
-// controlError describes an error from Upgrade.
-func controlError(err error) *ControlError {
-	e := &ControlError{Reason: reason(err), Message: err.Error()}
-	var ce *ChildError
-	if errors.As(err, &ce) {
-		e.PID = ce.PID
-		code := ce.ExitCode
-		e.ExitCode = &code
-		if ce.Signal != 0 {
-			e.Signal = signalName(ce.Signal)
-		}
-	}
-	return e
 }

@@ -3,14 +3,19 @@ package tableflip
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
+	"github.com/seed589fcc9d/tableflip/internal/dup"
 	"github.com/seed589fcc9d/tableflip/internal/handover"
+	"github.com/seed589fcc9d/tableflip/internal/memfd"
 	"github.com/seed589fcc9d/tableflip/systemd"
 )
 
@@ -128,12 +133,22 @@ type SystemdOptions struct {
 	FdStore bool
 }
 
-// sdState is what the Upgrader keeps for systemd; nil when
-// Options.Systemd is nil.
+// sdState is the Upgrader's systemd integration, when Options.Systemd is
+// set: an observer of the state machine that tells systemd what happens,
+// and, in a first generation, the source of the sockets systemd passed.
 type sdState struct {
 	opts SystemdOptions
+	log  *slog.Logger
 	// notifier is nil when NOTIFY_SOCKET is unset.
 	notifier *systemd.Notifier
+	fds      *Fds
+	parent   *parentLink // nil in a first generation
+	exit     <-chan struct{}
+	// killWait is how long an upgrade may take, the kill grace
+	// included: the reload timeout is extended by that much.
+	killWait   time.Duration
+	writeState func(io.Writer) error
+
 	// main is set while this process is the unit's main process: the
 	// first generation from the start, a later one from its Ready.
 	main atomic.Bool
@@ -147,30 +162,28 @@ type sdState struct {
 	stateStored atomic.Bool
 }
 
-// sdFds are the sockets systemd passed that nobody has asked for yet.
-type sdFds []systemd.ListenFd
+var _ observer = (*sdState)(nil)
 
 // storePrefix starts the names this package gives fds in the store, so
 // that it never removes one it did not put there.
 const storePrefix = "tableflip."
 
-// heldPrefix marks, in an entry's bound address, a Unix socket that
-// systemd holds (from socket activation or the fd store): its file is
-// never removed. Being part of the entry, it is passed on with it.
-const heldPrefix = "systemd:"
+// stateStoreName is the fd store name of the state a final Stop keeps
+// for the next start.
+const stateStoreName = storePrefix + "state"
 
-// heldBySystemd reports whether e is a Unix socket whose file belongs to
-// systemd.
-func (e *entry) heldBySystemd() bool {
-	return strings.HasPrefix(e.bound, heldPrefix)
-}
-
-// initSystemd runs in New, before the program can use the Upgrader.
-func (u *Upgrader) initSystemd() {
+// newSystemd sets up the systemd integration, or returns nil without
+// Options.Systemd. It runs in New, before the program can use the
+// Upgrader: in a first generation it takes the sockets systemd passed.
+func newSystemd(u *Upgrader) *sdState {
 	if u.opts.Systemd == nil {
-		return
+		return nil
 	}
-	sd := &sdState{opts: *u.opts.Systemd, stored: map[string]bool{}}
+	sd := &sdState{
+		opts: *u.opts.Systemd, log: u.log, fds: u.Fds, parent: u.parent, exit: u.exitC,
+		killWait: u.opts.UpgradeTimeout + min(killGrace, u.opts.UpgradeTimeout), writeState: u.opts.WriteState,
+		stored: map[string]bool{},
+	}
 	n, err := systemd.NewNotifier()
 	switch {
 	case err == nil:
@@ -178,30 +191,258 @@ func (u *Upgrader) initSystemd() {
 	case !errors.Is(err, systemd.ErrNoSocket):
 		u.log.Warn("tableflip: systemd notifications are off", "error", err)
 	}
+	for _, k := range u.Fds.inheritedKeys() {
+		sd.stored[storeName(k)] = true
+	}
 	if u.parent == nil {
 		sd.main.Store(true)
-		u.Fds.activate(u.log)
-		sd.state = u.Fds.takeStoredState()
+		a := newActivation(u.log)
+		sd.state = a.takeState()
 		sd.stateStored.Store(sd.state != nil)
-	}
-	u.Fds.mu.Lock()
-	for _, list := range u.Fds.inherited {
-		for _, e := range list {
-			sd.stored[storeName(e.key)] = true
+		for _, l := range a.fds {
+			if strings.HasPrefix(l.Name, storePrefix) {
+				sd.stored[l.Name] = true
+			}
 		}
+		u.Fds.setSource(a)
 	}
-	for _, l := range u.Fds.activated {
-		if strings.HasPrefix(l.Name, storePrefix) {
-			sd.stored[l.Name] = true
-		}
-	}
-	u.Fds.mu.Unlock()
 	delete(sd.stored, "")
-	u.sd = sd
+	return sd
 }
 
-// activate takes the sockets systemd passed to this process.
-func (f *Fds) activate(log *slog.Logger) {
+// notify sends a message if there is a socket to send it to, and logs a
+// failure.
+func (sd *sdState) notify(what string, states ...string) {
+	if sd.notifier == nil {
+		return
+	}
+	if err := sd.notifier.Notify(states...); err != nil {
+		sd.log.Warn("tableflip: can't notify systemd", "message", what, "error", err)
+	}
+}
+
+// ready: READY=1 from a first generation, which also stores its sockets;
+// a new generation is the main process from now on (its parent has sent
+// MAINPID=, see upgradeDone), and stores its sockets once its parent has
+// exited, when systemd takes it as the main process.
+func (sd *sdState) ready() {
+	if sd.parent == nil {
+		sd.notify("ready", systemd.Ready, statusLine("Serving (pid %d)", os.Getpid()))
+		sd.stateConsumed()
+		if sd.opts.FdStore {
+			sd.store()
+		}
+		return
+	}
+	sd.main.Store(true)
+	if !sd.opts.FdStore {
+		return
+	}
+	go func() {
+		select {
+		case <-sd.parent.exited:
+			// With several generations this one may have handed
+			// over already: then it is no longer the main process.
+			if sd.parent.exitErr == nil && !closed(sd.exit) && sd.main.Load() {
+				sd.store()
+			}
+		case <-sd.exit:
+		}
+	}()
+}
+
+// upgradeStarting: RELOADING=1, which starts (or answers) a reload.
+func (sd *sdState) upgradeStarting() {
+	if sd.notifier == nil {
+		return
+	}
+	if err := sd.notifier.Reloading(statusText("Upgrading (pid %d)", os.Getpid())); err != nil {
+		sd.log.Warn("tableflip: can't notify systemd", "message", "reloading", "error", err)
+	}
+}
+
+// childStarted: the reload may take as long as the upgrade may.
+func (sd *sdState) childStarted(pid int) {
+	sd.notify("extend timeout", systemd.ExtendTimeout(sd.killWait),
+		statusLine("Upgrading: new generation (pid %d) is starting", pid))
+}
+
+// upgradeDone: MAINPID= of the new generation with READY=1, in one
+// message from this process, the main one (NotifyAccess=main suffices);
+// or READY=1 naming the failure, which ends the reload.
+func (sd *sdState) upgradeDone(pid int, err error) {
+	if err != nil {
+		sd.notify("upgrade failed", systemd.Ready,
+			statusLine("Upgrade failed; serving (pid %d): %v", os.Getpid(), err))
+		return
+	}
+	sd.notify("main pid", systemd.MainPID(pid), systemd.Ready,
+		statusLine("Serving (pid %d); upgraded from pid %d", pid, os.Getpid()))
+	sd.main.Store(false)
+}
+
+// refused: a reload that systemd started (Type=notify-reload) waits for
+// RELOADING=1 and READY=1, so both are sent. Before Ready, nothing is:
+// READY=1 would say that the service has started.
+func (sd *sdState) refused(err error) {
+	if errors.Is(err, ErrNotReady) {
+		return
+	}
+	sd.upgradeStarting()
+	sd.notify("upgrade refused", systemd.Ready,
+		statusLine("Upgrade refused; serving (pid %d): %v", os.Getpid(), err))
+}
+
+// stopping: a final Stop of the main process stores the state, then says
+// STOPPING=1.
+func (sd *sdState) stopping() {
+	if !sd.main.Load() {
+		return
+	}
+	sd.saveState()
+	sd.notify("stopping", systemd.Stopping, statusLine("Stopping (pid %d)", os.Getpid()))
+}
+
+// store pushes what this generation passes on to systemd's fd store,
+// after removing the names nothing uses any more.
+func (sd *sdState) store() {
+	n := sd.notifier
+	if n == nil {
+		return
+	}
+	// From now on systemd may hand the Unix sockets back: keep their
+	// files.
+	p, err := sd.fds.collect(true)
+	if err != nil {
+		sd.log.Warn("tableflip: can't push fds to systemd's store", "error", err)
+		return
+	}
+	defer p.close()
+	var names []string
+	fds := map[string][]int{}
+	for i, e := range p.entries {
+		name := storeName(key{e.Kind, e.Network, e.Addr})
+		if name == "" {
+			sd.log.Warn("tableflip: not storing a socket whose name would be too long for systemd", "socket", key{e.Kind, e.Network, e.Addr}.String())
+			continue
+		}
+		if _, ok := fds[name]; !ok {
+			names = append(names, name)
+		}
+		fds[name] = append(fds[name], p.fds[i])
+	}
+
+	stale := make([]string, 0, len(sd.stored))
+	for name := range sd.stored {
+		if _, ok := fds[name]; !ok {
+			stale = append(stale, name)
+		}
+	}
+	slices.Sort(stale)
+	for _, name := range stale {
+		if err := n.RemoveFiles(name); err != nil {
+			sd.log.Warn("tableflip: can't remove stale fds from systemd's store", "name", name, "error", err)
+		}
+	}
+	sd.stored = map[string]bool{}
+	for _, name := range names {
+		list := fds[name]
+		for len(list) > 0 {
+			batch := list[:min(len(list), systemd.MaxNotifyFds)]
+			list = list[len(batch):]
+			if err := n.NotifyWithFds(batch, systemd.FdStore, systemd.FdName(name)); err != nil {
+				sd.log.Warn("tableflip: can't push fds to systemd's store", "name", name, "error", err)
+			}
+		}
+		sd.stored[name] = true
+	}
+	if len(stale)+len(names) > 0 {
+		sd.log.Info("tableflip: updated systemd's fd store", "stored", len(names), "removed", len(stale))
+	}
+}
+
+// State in systemd's fd store.
+//
+// A final Stop with SystemdOptions.FdStore and Options.WriteState set
+// writes the state, as the same chunked stream an upgrade sends (see
+// internal/handover), into a memfd and pushes it to the store under
+// stateStoreName. The next first start gets it back with the sockets
+// (LISTEN_FDNAMES), reads it through State, and removes it from the
+// store once Ready succeeds. Only Linux has memfds: elsewhere nothing is
+// stored.
+
+// storedState is state that systemd handed back to a first start.
+type storedState struct {
+	*handover.StateReader
+	file *os.File
+}
+
+// saveState stores the program's state in the fd store, on a final Stop
+// of the main process.
+func (sd *sdState) saveState() {
+	n := sd.notifier
+	if !sd.opts.FdStore || sd.writeState == nil || n == nil {
+		return
+	}
+	f, err := memfd.Create(stateStoreName)
+	if errors.Is(err, memfd.ErrNotSupported) {
+		return
+	}
+	if err != nil {
+		sd.log.Warn("tableflip: can't store state in systemd's fd store", "error", err)
+		return
+	}
+	defer f.Close()
+	w := handover.NewStateWriter(f)
+	if err := sd.writeState(w); err != nil {
+		sd.log.Error("tableflip: not storing state in systemd's fd store: the writer failed", "error", err)
+		return
+	}
+	if err := w.Close(); err != nil {
+		sd.log.Warn("tableflip: can't store state in systemd's fd store", "error", err)
+		return
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		sd.log.Warn("tableflip: can't store state in systemd's fd store", "error", err)
+		return
+	}
+	// State systemd handed to this process and that it still holds
+	// (Ready never succeeded) is replaced, not added to.
+	if sd.stateStored.CompareAndSwap(true, false) {
+		sd.notify("remove stored state", systemd.FdStoreRemove, systemd.FdName(stateStoreName))
+	}
+	if err := n.StoreFiles(stateStoreName, f); err != nil {
+		sd.log.Warn("tableflip: can't store state in systemd's fd store", "error", err)
+		return
+	}
+	sd.log.Info("tableflip: stored state in systemd's fd store", "name", stateStoreName)
+}
+
+// stateConsumed runs when the first generation's Ready has succeeded: the
+// state systemd handed back is used up, and removed from the store so
+// that a later crash does not replay it.
+func (sd *sdState) stateConsumed() {
+	if sd.state == nil {
+		return
+	}
+	sd.state.file.Close()
+	if sd.stateStored.CompareAndSwap(true, false) {
+		sd.notify("remove stored state", systemd.FdStoreRemove, systemd.FdName(stateStoreName))
+	}
+}
+
+// activation are the sockets systemd passed to a first start that nobody
+// has asked for yet: the source Fds asks when the parent passed nothing
+// for a name.
+type activation struct {
+	fds []systemd.ListenFd
+	log *slog.Logger
+}
+
+var _ source = (*activation)(nil)
+
+// newActivation takes the sockets systemd passed to this process.
+func newActivation(log *slog.Logger) *activation {
 	// Garbage in LISTEN_FDNAMES would make ListenFds refuse every fd,
 	// and a socket the program then creates itself would collide with
 	// systemd's (EADDRINUSE). The sockets are still found by address.
@@ -216,50 +457,70 @@ func (f *Fds) activate(log *slog.Logger) {
 	if err != nil {
 		log.Warn("tableflip: socket activation", "error", err)
 	}
-	var usable sdFds
+	a := &activation{log: log}
 	for _, l := range fds {
 		if l.File != nil {
-			usable = append(usable, l)
+			a.fds = append(a.fds, l)
 		}
 	}
-	f.mu.Lock()
-	f.activated = usable
-	f.mu.Unlock()
+	return a
 }
 
-// takeActivated returns a socket systemd passed for k, as an inherited
-// entry, or nil. f.mu is held.
-func (f *Fds) takeActivated(k key) *entry {
-	i := f.activated.find(k)
+// takeState removes the fds named stateStoreName; the first becomes the
+// state, any other is closed.
+func (a *activation) takeState() *storedState {
+	var s *storedState
+	a.fds = slices.DeleteFunc(a.fds, func(l systemd.ListenFd) bool {
+		if l.Name != stateStoreName {
+			return false
+		}
+		if s == nil {
+			// Offset 0 whatever the shared file offset is: ReadAt.
+			r := io.NewSectionReader(l.File, 0, math.MaxInt64)
+			s = &storedState{handover.NewStateReader(r), l.File}
+		} else {
+			a.log.Warn("tableflip: ignoring another state fd systemd passed", "fd", l.Fd)
+			l.File.Close()
+		}
+		return true
+	})
+	return s
+}
+
+// take returns a socket systemd passed for k, as an inherited entry, or
+// nil.
+func (a *activation) take(k key) *entry {
+	i := a.find(k)
 	if i < 0 {
 		return nil
 	}
-	l := f.activated[i]
-	f.activated = slices.Delete(f.activated, i, i+1)
-	fd, err := dupConn(l.File)
+	l := a.fds[i]
+	a.fds = slices.Delete(a.fds, i, i+1)
+	fd, err := dup.Conn(l.File)
 	l.File.Close()
 	if err != nil {
-		f.log.Warn("tableflip: can't use a socket systemd passed", "fd", l.Fd, "name", l.Name, "error", err)
+		a.log.Warn("tableflip: can't use a socket systemd passed", "fd", l.Fd, "name", l.Name, "error", err)
 		return nil
 	}
 	e := &entry{key: k, fd: fd}
-	switch a := l.Addr.(type) {
+	switch addr := l.Addr.(type) {
 	case *net.UnixAddr:
-		e.bound = heldPrefix + a.Name
+		// systemd listens on it: its file is systemd's.
+		e.held = true
 	case nil:
 	default:
-		if a.String() != k.addr {
-			e.bound = a.String()
+		if addr.String() != k.addr {
+			e.bound = addr.String()
 		}
 	}
-	f.log.Info("tableflip: using a socket systemd passed", "socket", k.String(), "fd", l.Fd, "name", l.Name)
+	a.log.Info("tableflip: using a socket systemd passed", "socket", k.String(), "fd", l.Fd, "name", l.Name)
 	return e
 }
 
 // find returns the index of the fd for k, by the rules in the
 // SystemdOptions documentation, or -1.
-func (fds sdFds) find(k key) int {
-	if len(fds) == 0 {
+func (a *activation) find(k key) int {
+	if len(a.fds) == 0 {
 		return -1
 	}
 	rules := []func(l *systemd.ListenFd) bool{
@@ -289,13 +550,21 @@ func (fds sdFds) find(k key) int {
 		},
 	}
 	for _, match := range rules {
-		for i := range fds {
-			if match(&fds[i]) {
+		for i := range a.fds {
+			if match(&a.fds[i]) {
 				return i
 			}
 		}
 	}
 	return -1
+}
+
+// close closes the sockets systemd passed that nobody asked for.
+func (a *activation) close() {
+	for _, l := range a.fds {
+		l.File.Close()
+	}
+	a.fds = nil
 }
 
 func isPacket(network string) bool {
@@ -308,15 +577,6 @@ func sameNetwork(want, have string) bool {
 		return strings.HasPrefix(have, want)
 	}
 	return want == have
-}
-
-// closeActivated closes the sockets systemd passed that nobody asked
-// for. f.mu is held.
-func (f *Fds) closeActivated() {
-	for _, l := range f.activated {
-		l.File.Close()
-	}
-	f.activated = nil
 }
 
 // storeName is the fd store name of a socket or file: the prefix, its
@@ -344,17 +604,6 @@ func storeName(k key) string {
 	return b.String()
 }
 
-// notify sends a message if there is a socket to send it to, and logs a
-// failure.
-func (u *Upgrader) notify(what string, states ...string) {
-	if u.sd == nil || u.sd.notifier == nil {
-		return
-	}
-	if err := u.sd.notifier.Notify(states...); err != nil {
-		u.log.Warn("tableflip: can't notify systemd", "message", what, "error", err)
-	}
-}
-
 // statusLine returns STATUS= with the formatted text.
 func statusLine(format string, args ...any) string {
 	return systemd.Status(statusText(format, args...))
@@ -370,162 +619,9 @@ func statusText(format string, args ...any) string {
 		}
 		return r
 	}, s)
-	const max = 1024
-	if len(s) > max {
-		s = s[:max] + "..."
+	const maxLen = 1024
+	if len(s) > maxLen {
+		s = s[:maxLen] + "..."
 	}
 	return s
-}
-
-// sdReady runs when Ready has succeeded.
-func (u *Upgrader) sdReady() {
-	if u.sd == nil {
-		return
-	}
-	if u.parent == nil {
-		u.notify("ready", systemd.Ready, statusLine("Serving (pid %d)", os.Getpid()))
-		u.sdStateConsumed()
-		if u.sd.opts.FdStore {
-			u.sdStore()
-		}
-		return
-	}
-	// The parent tells systemd that this process is the main one, and
-	// it has done so by the time it exits; systemd would ignore this
-	// process's messages before (NotifyAccess=main).
-	u.sd.main.Store(true)
-	if !u.sd.opts.FdStore {
-		return
-	}
-	go func() {
-		select {
-		case <-u.parent.exited:
-			// With several generations this one may have handed
-			// over already: then it is no longer the main process.
-			if u.parent.exitErr == nil && !closed(u.exitC) && u.sd.main.Load() {
-				u.sdStore()
-			}
-		case <-u.exitC:
-		}
-	}()
-}
-
-// sdUpgradeStarting runs when an upgrade begins.
-func (u *Upgrader) sdUpgradeStarting() {
-	if u.sd == nil || u.sd.notifier == nil {
-		return
-	}
-	if err := u.sd.notifier.Reloading(statusText("Upgrading (pid %d)", os.Getpid())); err != nil {
-		u.log.Warn("tableflip: can't notify systemd", "message", "reloading", "error", err)
-	}
-}
-
-// sdChildStarted runs once the new generation's process exists.
-func (u *Upgrader) sdChildStarted(pid int) {
-	grace := min(killGrace, u.opts.UpgradeTimeout)
-	u.notify("extend timeout", systemd.ExtendTimeout(u.opts.UpgradeTimeout+grace),
-		statusLine("Upgrading: new generation (pid %d) is starting", pid))
-}
-
-// sdChildReady runs once the new generation is acknowledged.
-func (u *Upgrader) sdChildReady(pid int) {
-	u.notify("main pid", systemd.MainPID(pid), systemd.Ready,
-		statusLine("Serving (pid %d); upgraded from pid %d", pid, os.Getpid()))
-	if u.sd != nil {
-		u.sd.main.Store(false)
-	}
-}
-
-// sdUpgradeFailed runs when an upgrade has failed; this process serves on.
-func (u *Upgrader) sdUpgradeFailed(err error) {
-	u.notify("upgrade failed", systemd.Ready,
-		statusLine("Upgrade failed; serving (pid %d): %v", os.Getpid(), err))
-}
-
-// sdRefused runs when an upgrade is refused before it starts. A reload
-// that systemd started (Type=notify-reload) waits for RELOADING=1 and
-// READY=1, so both are sent.
-func (u *Upgrader) sdRefused(err error) {
-	u.sdUpgradeStarting()
-	u.notify("upgrade refused", systemd.Ready,
-		statusLine("Upgrade refused; serving (pid %d): %v", os.Getpid(), err))
-}
-
-// sdStopping runs on a final Stop.
-func (u *Upgrader) sdStopping() {
-	if u.sd == nil || !u.sd.main.Load() {
-		return
-	}
-	u.sdSaveState()
-	u.notify("stopping", systemd.Stopping, statusLine("Stopping (pid %d)", os.Getpid()))
-}
-
-// sdStore pushes what this generation passes on to systemd's fd store,
-// after removing the names nothing uses any more.
-func (u *Upgrader) sdStore() {
-	n := u.sd.notifier
-	if n == nil {
-		return
-	}
-	f := u.Fds
-	var (
-		names []string
-		fds   = map[string][]int{}
-		dups  []int
-	)
-	f.mu.Lock()
-	for _, e := range f.used {
-		name := storeName(e.key)
-		if name == "" {
-			u.log.Warn("tableflip: not storing a socket whose name would be too long for systemd", "socket", e.key.String())
-			continue
-		}
-		fd, err := e.dup()
-		if err != nil {
-			continue // closed by the program
-		}
-		dups = append(dups, fd)
-		if e.isUnixFile() && e.bound == "" {
-			// From now on systemd may hand it back: keep its file.
-			e.bound = heldPrefix + e.addr
-		}
-		if _, ok := fds[name]; !ok {
-			names = append(names, name)
-		}
-		fds[name] = append(fds[name], fd)
-	}
-	f.mu.Unlock()
-	defer func() {
-		for _, fd := range dups {
-			closeFD(fd)
-		}
-	}()
-
-	stale := make([]string, 0, len(u.sd.stored))
-	for name := range u.sd.stored {
-		if _, ok := fds[name]; !ok {
-			stale = append(stale, name)
-		}
-	}
-	slices.Sort(stale)
-	for _, name := range stale {
-		if err := n.RemoveFiles(name); err != nil {
-			u.log.Warn("tableflip: can't remove stale fds from systemd's store", "name", name, "error", err)
-		}
-	}
-	u.sd.stored = map[string]bool{}
-	for _, name := range names {
-		list := fds[name]
-		for len(list) > 0 {
-			batch := list[:min(len(list), systemd.MaxNotifyFds)]
-			list = list[len(batch):]
-			if err := n.NotifyWithFds(batch, systemd.FdStore, systemd.FdName(name)); err != nil {
-				u.log.Warn("tableflip: can't push fds to systemd's store", "name", name, "error", err)
-			}
-		}
-		u.sd.stored[name] = true
-	}
-	if len(stale)+len(names) > 0 {
-		u.log.Info("tableflip: updated systemd's fd store", "stored", len(names), "removed", len(stale))
-	}
 }

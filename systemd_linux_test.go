@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +27,8 @@ import (
 
 // fdStoreEnv turns on Options.Systemd.FdStore in the sdserver helper.
 const fdStoreEnv = "TABLEFLIP_TEST_FDSTORE"
+
+func init() { registerHelper("sdserver", helperSystemdServer) }
 
 // helperSystemdServer is one generation of a test server with
 // Options.Systemd set. It prints what helperServer prints ("ready <pid>
@@ -303,7 +304,7 @@ func (l *sdLog) waitFor(t *testing.T, text string) {
 // sdEnv is the environment of an sdserver helper in dir.
 func sdEnv(dir string, extra ...string) []string {
 	return append([]string{
-		helperEnv + "=sdserver",
+		helper("sdserver"),
 		modeFileEnv + "=" + filepath.Join(dir, "mode"),
 		pidFileEnv + "=" + filepath.Join(dir, "server.pid"),
 	}, extra...)
@@ -660,62 +661,14 @@ func TestSystemdSocketActivateUnderLoad(t *testing.T) {
 	}
 	socket := s.command("inode")
 
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				err := func() error {
-					c, err := net.Dial("tcp", addr)
-					if err != nil {
-						return err
-					}
-					defer c.Close()
-					if _, err := fmt.Fprintln(c, "pid"); err != nil {
-						return err
-					}
-					reply, err := io.ReadAll(c)
-					if err != nil {
-						return err
-					}
-					if _, err := strconv.Atoi(strings.TrimSpace(string(reply))); err != nil {
-						return fmt.Errorf("reply %q", reply)
-					}
-					return nil
-				}()
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
+	l := startLoadN(addr, 4)
 	for i := range 3 {
 		s.upgrade()
 		if got := s.command("inode"); got != socket {
 			t.Errorf("upgrade %d: generation %d serves on %s, want systemd's %s", i+1, s.pid, got, socket)
 		}
 	}
-	close(stop)
-	wg.Wait()
-	t.Logf("%d requests during 3 upgrades, %d failed", ok.Load(), failed.Load())
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d requests failed, first: %v", failed.Load(), ok.Load()+failed.Load(), firstErr.Load())
-	}
-	if ok.Load() == 0 {
-		t.Error("no request served during the upgrades")
-	}
+	t.Logf("%d requests during 3 upgrades", l.finish(t, false))
 	pid := s.pid
 	if got := s.command("stop"); got != "stopped" {
 		t.Fatalf("stop: %q", got)

@@ -22,7 +22,7 @@ const (
 	ticketStateVer = 1
 )
 
-func init() { helpers["tlsserver"] = helperTLSServer }
+func init() { registerHelper("tlsserver", helperTLSServer) }
 
 // helperTLSServer serves TLS and hands its session ticket key to the next
 // generation, so that clients resume their sessions across upgrades. In
@@ -120,7 +120,7 @@ func TestTLSSessionResumesAcrossUpgrade(t *testing.T) {
 	os.Rename(certFile, dir+"/cert.pem")
 	os.Rename(keyFile, dir+"/key.pem")
 	client.ClientSessionCache = tls.NewLRUClientSessionCache(4)
-	s := startServer(t, serverConfig{env: []string{helperEnv + "=tlsserver", certDirEnv + "=" + dir}})
+	s := startServer(t, serverConfig{env: []string{helper("tlsserver"), certDirEnv + "=" + dir}})
 	tlsAddr := s.udp
 
 	ask := func() string {

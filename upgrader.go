@@ -8,8 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/seed589fcc9d/tableflip/internal/handover"
+	"github.com/seed589fcc9d/tableflip/internal/proc"
 )
 
 // DefaultUpgradeTimeout is the duration before the Upgrader kills the new
@@ -57,7 +62,11 @@ type Options struct {
 	// with State before Ready, while the new generation initialises.
 	// The library carries bytes; the program owns the format (give it a
 	// version). An error fails the upgrade: the new generation is
-	// stopped and this one keeps serving. With Systemd.FdStore set, a
+	// stopped and this one keeps serving. UpgradeTimeout bounds the
+	// writer too: the upgrade fails when it passes, and a writer that
+	// blocks on anything but its writes (which fail once the upgrade
+	// has ended) is left running; the next upgrade does not wait for
+	// it. With Systemd.FdStore set, a
 	// final Stop also writes the state, into a memfd in systemd's fd
 	// store that the next start reads with State (Linux only); a crash
 	// writes nothing, so the next start gets ErrNoState, or the last
@@ -66,8 +75,9 @@ type Options struct {
 	// OnUpgradeFailed, if not nil, is called in this generation when an
 	// upgrade that started a new generation fails, with the reason, so
 	// that the program can undo what it did for the handover. It runs
-	// after WriteState has returned, on the goroutine that owns upgrades:
-	// it must not call Upgrade, which would wait for it.
+	// after WriteState has returned (or, for a writer still blocked at
+	// UpgradeTimeout, without waiting for it), on the goroutine that
+	// owns upgrades: it must not call Upgrade, which would wait for it.
 	OnUpgradeFailed func(err error)
 	// MaxGenerations caps how many generations of the program may be
 	// alive at once, this one and the new one included. 0 or 1 keeps
@@ -78,16 +88,23 @@ type Options struct {
 	// ErrTooManyGenerations and starts nothing; ask again once an older
 	// generation has exited.
 	MaxGenerations int
+	// UpgradeSignal, if not nil, is the signal on which this process
+	// upgrades, as if it called Upgrade; the outcome is logged
+	// (Logger) and counted in Stats. New installs the handler before it
+	// returns, and keeps it for the life of the process, so that from
+	// New on the signal never kills the process: not a new generation
+	// that has just been announced as the serving one (PID file,
+	// MAINPID=), nor an old one that is draining (the signal is then
+	// refused with ErrUpgraded and logged). A program that handles the
+	// upgrade signal itself must call signal.Notify before New for the
+	// same reason; the library cannot tell when its goroutine has run.
+	UpgradeSignal os.Signal
 	// DrainTimeout, if positive, bounds how long this generation drains
 	// after an upgrade succeeded: then the library sends it SIGTERM, and
 	// SIGKILL after a grace of min(5s, DrainTimeout), whatever the
 	// program does. Zero means no deadline.
 	DrainTimeout time.Duration
 }
-
-// killGrace is how long a new generation that missed its deadline has
-// between SIGTERM and SIGKILL.
-const killGrace = 5 * time.Second
 
 // Upgrader handles zero downtime upgrades and passing files between
 // processes.
@@ -97,24 +114,47 @@ type Upgrader struct {
 	opts   Options
 	log    *slog.Logger
 	env    *osEnv
-	parent *parentLink
-	sd     *sdState
+	parent *parentLink // nil in a first generation
+	self   GenerationInfo
 	stats  upgradeStats
 	gens   generations
+	sd     *sdState // nil without Options.Systemd
 	ctl    *controlServer
+	// observers are told of each step of the state machine.
+	observers []observer
 
 	readyOnce sync.Once
 	readyErr  error
+	readyReqC chan chan<- error
 	readyC    chan struct{}
 	stopOnce  sync.Once
 	stopC     chan struct{}
 	upgradeC  chan chan<- error
 	exitC     chan struct{}
 
-	// children keeps the handover socket of each acknowledged child
-	// open until this process exits: its end of file tells the child
-	// that the parent is gone.
-	children []*childLink
+	// successor is the new generation that the last upgrade handed
+	// over to. Its handover socket stays open until this process exits:
+	// its end of file tells the successor that this one is gone.
+	successor *childLink
+}
+
+// observer is told of each step of the state machine by the goroutine
+// that runs it (see run). Stats and systemd are observers; they watch the
+// upgrade without reaching into it, and none of them may block.
+type observer interface {
+	// ready: this generation's Ready succeeded.
+	ready()
+	// refused: an upgrade was refused before it started anything.
+	refused(err error)
+	// upgradeStarting: an upgrade begins.
+	upgradeStarting()
+	// childStarted: the new generation's process exists.
+	childStarted(pid int)
+	// upgradeDone: the upgrade ended; with err nil, the new generation
+	// pid serves from now on.
+	upgradeDone(pid int, err error)
+	// stopping: a final Stop has cleaned up.
+	stopping()
 }
 
 var (
@@ -127,9 +167,10 @@ var (
 // New creates a new Upgrader. Files are passed from the parent and may be
 // empty.
 //
-// Only the first call to this function will succeed. It may return
-// ErrNotSupported on platforms that cannot upgrade; on those it still
-// returns a working Upgrader that creates fresh sockets.
+// Only the first call to this function will succeed. On platforms that
+// cannot upgrade (see ErrNotSupported) it succeeds too, and returns an
+// Upgrader that creates fresh sockets and whose Upgrade returns
+// ErrNotSupported.
 func New(opts Options) (*Upgrader, error) {
 	stdMu.Lock()
 	defer stdMu.Unlock()
@@ -146,6 +187,12 @@ func New(opts Options) (*Upgrader, error) {
 }
 
 func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
+	var upgradeSignal chan os.Signal
+	if opts.UpgradeSignal != nil {
+		// First of all: from here on the signal cannot kill.
+		upgradeSignal = make(chan os.Signal, 1)
+		signal.Notify(upgradeSignal, opts.UpgradeSignal)
+	}
 	if opts.UpgradeTimeout <= 0 {
 		opts.UpgradeTimeout = DefaultUpgradeTimeout
 	}
@@ -155,30 +202,49 @@ func newUpgrader(env *osEnv, opts Options) (*Upgrader, error) {
 	}
 	parent, inherited, err := inherit(env, log)
 	if err != nil {
+		if upgradeSignal != nil {
+			signal.Stop(upgradeSignal)
+		}
 		return nil, err
 	}
 	u := &Upgrader{
-		Fds:      newFds(inherited, opts.ListenConfig, log),
-		opts:     opts,
-		log:      log,
-		env:      env,
-		parent:   parent,
-		readyC:   make(chan struct{}),
-		stopC:    make(chan struct{}),
-		upgradeC: make(chan chan<- error),
-		exitC:    make(chan struct{}),
+		Fds:       newFds(inherited, opts.ListenConfig, log),
+		opts:      opts,
+		log:       log,
+		env:       env,
+		parent:    parent,
+		self:      GenerationInfo{PID: os.Getpid(), Generation: 1, Started: time.Now()},
+		readyC:    make(chan struct{}),
+		readyReqC: make(chan chan<- error),
+		stopC:     make(chan struct{}),
+		upgradeC:  make(chan chan<- error),
+		exitC:     make(chan struct{}),
 	}
 	if parent != nil {
+		u.self.Generation = parent.generation + 1
+		u.self.ParentPID = parent.pid
 		log.Info("tableflip: inherited from parent", "parent_pid", parent.pid, "sockets", len(inherited))
 	}
+	u.stats.generation = u.self.Generation
+	u.gens.init(parent)
+	u.observers = append(u.observers, &u.stats)
 	// systemd first: a control socket kept in the fd store comes back
 	// through socket activation.
-	u.initSystemd()
+	if sd := newSystemd(u); sd != nil {
+		u.sd = sd
+		u.observers = append(u.observers, sd)
+	}
 	if err := u.initControl(); err != nil {
 		u.abandon(err)
+		if upgradeSignal != nil {
+			signal.Stop(upgradeSignal)
+		}
 		return nil, err
 	}
 	go u.run()
+	if upgradeSignal != nil {
+		go u.upgradeOnSignal(upgradeSignal)
+	}
 	return u, nil
 }
 
@@ -191,63 +257,50 @@ func (u *Upgrader) abandon(err error) {
 	}
 }
 
+// upgradeOnSignal upgrades on each signal that arrives on sig, for the
+// life of the process. The signals that arrive during an upgrade are
+// merged into one: that one is refused as in progress, or starts the next
+// upgrade if it comes after.
+func (u *Upgrader) upgradeOnSignal(sig <-chan os.Signal) {
+	for s := range sig {
+		u.log.Info("tableflip: upgrade requested by signal", "signal", s.String())
+		// The run loop logs a refusal or a failure.
+		if err := u.Upgrade(); errors.Is(err, ErrUpgraded) || errors.Is(err, ErrStopped) {
+			u.log.Info("tableflip: upgrade signal ignored", "reason", err)
+		}
+	}
+}
+
 // Ready signals that the current process is ready to accept connections.
 // It must be called to finish the upgrade.
 //
-// Ready closes inherited sockets and files that were not asked for. In a
-// new generation it then tells the parent, and once the parent has
-// acknowledged, writes the PID file: an error before the acknowledgement
-// leaves the parent serving and the PID file untouched. If the parent
-// exits before it acknowledges, Ready returns an error wrapping
-// ErrParentExited.
+// Ready closes inherited sockets and files that were not asked for. A
+// first generation then writes the PID file. A new generation tells its
+// parent, which writes the new generation's pid to the PID file and
+// acknowledges; an error before the acknowledgement leaves the parent
+// serving and the PID file naming it. If the parent exits before it
+// acknowledges, Ready returns an error wrapping ErrParentExited.
 //
-// Calling Ready again returns the first call's result.
+// Until Ready has succeeded, the listeners that a new generation inherited
+// do not accept: connections wait in the kernel's queue, which the parent
+// serves meanwhile, so a new generation that dies while it initialises
+// loses none of them. (They accept, too, once Ready has failed with
+// ErrParentExited: nobody else is left to.)
+//
+// Ready after Stop returns ErrStopped and takes nothing over. Calling
+// Ready again returns the first call's result.
 func (u *Upgrader) Ready() error {
 	u.readyOnce.Do(func() {
-		u.readyErr = u.ready()
-		if u.readyErr == nil {
-			u.sdReady()
-			close(u.readyC)
+		reply := make(chan error, 1)
+		select {
+		case u.readyReqC <- reply:
+			u.readyErr = <-reply
+		case <-u.exitC:
+			// Stopped: with no Ready, there was no upgrade.
+			u.readyErr = ErrStopped
 		}
 	})
 	return u.readyErr
-}
-
-func (u *Upgrader) ready() error {
-	stale := u.Fds.closeInherited()
-	pid, err := newPIDFile(u.opts.PIDFile, u.env.wd)
-	if err != nil {
-		err = fmt.Errorf("tableflip: can't write PID file: %w", err)
-		if u.parent != nil {
-			u.parent.refuse(err)
-		}
-		return err
-	}
-	if u.parent != nil {
-		if err := u.parent.ready(); err != nil {
-			pid.abandon()
-			return err
-		}
-		u.log.Info("tableflip: ready; parent acknowledged", "pid", os.Getpid(), "parent_pid", u.parent.pid)
-	} else {
-		u.log.Info("tableflip: ready", "pid", os.Getpid())
-	}
-	// Only now that the parent stops serving is nobody left on the
-	// sockets this generation did not ask for: a stale socket file would
-	// only make clients wait for nothing.
-	for _, path := range stale {
-		unlinkUnixSocket(path)
-	}
-	if err := pid.commit(); err != nil {
-		if u.parent == nil {
-			return fmt.Errorf("tableflip: can't write PID file: %w", err)
-		}
-		// The parent has handed over and is on its way out: failing
-		// Ready now would leave nobody able to upgrade. The file was
-		// written beside its path, so this takes a rename that fails.
-		u.log.Error("tableflip: can't put the PID file in place", "error", err)
-	}
-	return nil
 }
 
 // Exit returns a channel that is closed when the process should exit: after
@@ -261,7 +314,9 @@ func (u *Upgrader) Exit() <-chan struct{} {
 //
 // If Stop is called before an upgrade has succeeded, the process is taken
 // to be shutting down for good: the Unix socket files of its listeners are
-// removed, and so is the PID file if it names this process.
+// removed, and so is the PID file if it names this process. A new
+// generation stopped before its Ready leaves them to its parent, which
+// serves on.
 func (u *Upgrader) Stop() {
 	u.stopOnce.Do(func() {
 		close(u.stopC)
@@ -270,8 +325,9 @@ func (u *Upgrader) Stop() {
 
 // WaitForParent blocks until the parent has exited. It returns nil at
 // once if there is no parent, an error wrapping ErrParentExited if the
-// parent exited before it acknowledged this process, and ctx.Err() if ctx
-// ends first.
+// parent exited before it acknowledged this process, one wrapping
+// ErrHandover at once if the parent refused it (it could not write the PID
+// file), and ctx.Err() if ctx ends first.
 func (u *Upgrader) WaitForParent(ctx context.Context) error {
 	if u.parent == nil {
 		return nil
@@ -295,11 +351,25 @@ func (u *Upgrader) HasParent() bool {
 // failed. It returns nil once the new generation is ready; then Exit is
 // closed and this process should stop serving.
 //
+// By the time Upgrade returns nil, the PID file (Options.PIDFile, or the
+// new generation's own if its program names another) names the new
+// generation, and systemd has been told (Options.Systemd).
+//
 // Errors can be told apart with errors.Is: ErrNotReady, ErrUpgradeInProgress,
-// ErrParentRunning, ErrStopped and ErrUpgraded refuse the upgrade without
-// starting anything; a *ChildError reports a new generation that failed,
-// and ErrNotSupported a platform without upgrades. Whatever the error, this
-// process keeps serving.
+// ErrParentRunning, ErrTooManyGenerations, ErrStopped and ErrUpgraded
+// refuse the upgrade without starting anything; a *ChildError reports a
+// new generation that failed, and ErrNotSupported a platform without
+// upgrades. Whatever the error, this process keeps serving.
+//
+// On Linux, when this process's parent is a service manager (pid 1 of its
+// pid namespace, or the systemd user manager named by $MANAGERPID), the
+// new generation is started as a child of that parent rather than of this
+// process (clone with CLONE_PARENT). So systemd supervises every
+// generation as it does the first: when the main PID moves to the new
+// generation, systemd watches it as its own child, and a stop waits for it
+// to drain rather than going straight to SIGKILL (systemd does not wait
+// for a main process that is not its child). docs/faults.md says what
+// that choice was measured against.
 func (u *Upgrader) Upgrade() error {
 	return u.requestUpgrade(u.exitC)
 }
@@ -307,7 +377,7 @@ func (u *Upgrader) Upgrade() error {
 // requestUpgrade asks the run loop for an upgrade, unless leaving is closed
 // first: then this generation is on its way out.
 func (u *Upgrader) requestUpgrade(leaving <-chan struct{}) error {
-	if !upgradesSupported {
+	if !handover.Supported {
 		return ErrNotSupported
 	}
 	response := make(chan error, 1)
@@ -325,14 +395,18 @@ func (u *Upgrader) requestUpgrade(leaving <-chan struct{}) error {
 	return <-response
 }
 
-// run owns the upgrade state machine.
+// run owns the state machine: Ready, Stop and upgrades are requests to
+// it, answered one at a time, so that each sees the outcome of the one
+// before. A generation is, in turn: not ready (its parent, if it has one,
+// serves); serving (Ready succeeded, or failed with ErrParentExited); and
+// gone (Stop, or a successful upgrade), when Exit closes.
 func (u *Upgrader) run() {
 	defer close(u.exitC)
 	defer u.stopControl()
 
 	var (
 		parentExited <-chan struct{}
-		notReady     = u.readyC
+		serving      bool
 	)
 	if u.parent != nil {
 		parentExited = u.parent.exited
@@ -343,54 +417,46 @@ func (u *Upgrader) run() {
 			parentExited = nil
 			u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
 
-		case <-notReady:
-			notReady = nil
+		case reply := <-u.readyReqC:
+			if closed(u.stopC) {
+				// Stop came first: take nothing over. The stop
+				// case closes up.
+				reply <- ErrStopped
+				continue
+			}
+			err := u.ready()
+			if err == nil || errors.Is(err, ErrParentExited) {
+				// This generation serves from now on: its
+				// listeners accept, and a Stop is final. With
+				// ErrParentExited nobody else is left to.
+				u.Fds.openGate()
+				serving = true
+			}
+			if err == nil {
+				close(u.readyC)
+				u.tell(observer.ready)
+			}
+			reply <- err
 
 		case <-u.stopC:
-			// A new generation that never became ready leaves the
-			// socket files to the parent, which serves on them.
-			// (After a successful upgrade this loop has returned:
-			// a Stop then only closes Exit, which is closed.)
-			u.Fds.closeUsed(u.parent == nil || closed(u.readyC))
+			// A new generation that is not serving leaves the socket
+			// files to its parent, which serves on them, and tells it
+			// at once. (After a successful upgrade this loop has
+			// returned: Stop then only closes Exit, which is closed.)
+			final := u.parent == nil || serving
+			if !final {
+				u.parent.refuse(ErrStopped)
+			}
+			u.Fds.closeUsed(final)
 			removePIDFile(u.opts.PIDFile, u.env.wd)
-			u.sdStopping()
+			u.tell(observer.stopping)
 			return
 
 		case request := <-u.upgradeC:
-			if notReady != nil && closed(notReady) {
-				// Ready may have returned before this loop saw it:
-				// an upgrade asked for after it is never refused.
-				notReady = nil
-			}
-			switch {
-			case notReady != nil:
-				request <- ErrNotReady
-				continue
-			case parentExited != nil && !u.multiGeneration():
-				// WaitForParent may have seen the exit before
-				// this loop did, and the parent may have exited a
-				// moment before its end of file arrived: an
-				// upgrade asked for after the parent is gone is
-				// never refused.
-				select {
-				case <-parentExited:
-					parentExited = nil
-					u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
-				default:
-					if processGone(u.parent.pid) {
-						parentExited = nil
-						u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
-						break
-					}
-					u.sdRefused(ErrParentRunning)
-					request <- ErrParentRunning
-					continue
-				}
-			case u.multiGeneration() && u.atGenerationCap():
-				// systemctl reload waits for an answer to its
-				// RELOADING=1 under Type=notify-reload.
-				u.sdRefused(ErrTooManyGenerations)
-				request <- ErrTooManyGenerations
+			if err := u.refusal(closed(u.readyC), &parentExited); err != nil {
+				u.log.Warn("tableflip: upgrade refused", "reason", err)
+				u.tell(func(o observer) { o.refused(err) })
+				request <- err
 				continue
 			}
 			err := u.upgrade()
@@ -404,46 +470,78 @@ func (u *Upgrader) run() {
 	}
 }
 
-// upgrade runs one upgrade, refusing others meanwhile.
-func (u *Upgrader) upgrade() (err error) {
-	start := time.Now()
-	u.stats.upgradeStarted()
-	defer func() { u.stats.upgradeFinished(err, u.childPID(), start) }()
-	u.log.Info("tableflip: upgrade starting")
-	u.sdUpgradeStarting()
-	result := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { result <- u.startChild(ctx) }()
-	for {
+// tell calls f on every observer.
+func (u *Upgrader) tell(f func(observer)) {
+	for _, o := range u.observers {
+		f(o)
+	}
+}
+
+// ready makes this generation the serving one. The run loop calls it.
+func (u *Upgrader) ready() error {
+	stale := u.Fds.closeInherited()
+	pidFile := pidPath(u.opts.PIDFile, u.env.wd)
+	if u.parent == nil {
+		if err := writePIDFile(pidFile, os.Getpid()); err != nil {
+			return err
+		}
+		u.log.Info("tableflip: ready", "pid", os.Getpid())
+	} else {
+		// The parent writes the PID file, before it acknowledges.
+		grace := min(killGrace, u.opts.UpgradeTimeout)
+		if err := u.parent.ready(pidFile, u.stopC, grace); err != nil {
+			return err
+		}
+		u.log.Info("tableflip: ready; parent acknowledged", "parent_pid", u.parent.pid)
+	}
+	// Only now that the parent stops serving is nobody left on the
+	// sockets this generation did not ask for: a stale socket file would
+	// only make clients wait for nothing.
+	for _, path := range stale {
+		unlinkUnixSocket(path)
+	}
+	return nil
+}
+
+// refusal says why an upgrade asked for now is refused, or nil if it may
+// go ahead: the one place that decides. Only the run loop calls it; it
+// clears *parentExited if it finds that the parent has exited.
+func (u *Upgrader) refusal(ready bool, parentExited *<-chan struct{}) error {
+	switch {
+	case !ready:
+		return ErrNotReady
+	case *parentExited != nil && !u.multiGeneration():
+		// WaitForParent may have seen the exit before the run loop
+		// did, and the parent may have exited a moment before its end
+		// of file arrived: an upgrade asked for after the parent is
+		// gone is never refused.
 		select {
-		case request := <-u.upgradeC:
-			request <- ErrUpgradeInProgress
-		case <-u.stopC:
-			// Refuse further requests while the child is taken down.
-			cancel()
-			if err := <-result; err == nil {
-				// The child was acknowledged before the stop
-				// reached it: it serves now, so this is an
-				// upgrade, and no final clean-up must follow.
-				u.log.Info("tableflip: upgrade succeeded as Stop was called", "duration", time.Since(start))
-				return nil
+		case <-*parentExited:
+		default:
+			if !proc.Gone(u.parent.pid) {
+				return fmt.Errorf("%w (pid %d is draining; Options.MaxGenerations above 1 lets a new upgrade start meanwhile, and Options.DrainTimeout bounds the drain)",
+					ErrParentRunning, u.parent.pid)
 			}
-			// Leave stopC to the run loop, which closes up.
-			return ErrStopped
-		case err := <-result:
-			if err != nil {
-				u.log.Error("tableflip: upgrade failed", "error", err, "duration", time.Since(start))
-				u.sdUpgradeFailed(err)
-				if u.opts.OnUpgradeFailed != nil {
-					u.opts.OnUpgradeFailed(err)
-				}
-				return err
+		}
+		*parentExited = nil
+		u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+	case u.multiGeneration():
+		if older := u.gens.live(); len(older)+2 > u.opts.MaxGenerations {
+			pids := make([]string, len(older))
+			for i, g := range older {
+				pids[i] = fmt.Sprint(g.PID)
 			}
-			u.log.Info("tableflip: upgrade succeeded", "duration", time.Since(start))
-			return nil
+			return fmt.Errorf("%w: %d alive (this one and %d draining: pid %s), and a new one would exceed Options.MaxGenerations (%d); ask again once one has exited (Options.DrainTimeout bounds how long that takes)",
+				ErrTooManyGenerations, len(older)+1, len(older), strings.Join(pids, ", "), u.opts.MaxGenerations)
 		}
 	}
+	return nil
+}
+
+// multiGeneration reports whether upgrades may overlap older
+// generations' drains.
+func (u *Upgrader) multiGeneration() bool {
+	return u.opts.MaxGenerations > 1
 }
 
 // osEnv is how the Upgrader reaches the process's environment, so that
@@ -453,6 +551,10 @@ type osEnv struct {
 	unsetenv  func(string) error
 	environ   func() []string
 	getppid   func() int
+	// start starts the new generation's process, with handoverEnd as
+	// its descriptor 3 (see startProcess): the seam where tests put a
+	// generation of their own.
+	start func(path string, args, env []string, dir string, handoverEnd *os.File) (process, error)
 	// args are the program's arguments, as it was started.
 	args []string
 	// wd is the working directory the program started in.
@@ -466,6 +568,7 @@ var stdEnv = func() *osEnv {
 		unsetenv:  os.Unsetenv,
 		environ:   os.Environ,
 		getppid:   os.Getppid,
+		start:     startProcess,
 		args:      os.Args,
 		wd:        wd,
 	}

@@ -70,22 +70,21 @@
 // is the package's Upgrader example, which the tests compile):
 //
 //	func main() {
-//		upg, err := tableflip.New(tableflip.Options{})
+//		// Before New, so that SIGTERM never kills a serving generation.
+//		stopped, unnotify := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+//		defer unnotify()
+//
+//		// SIGHUP upgrades from New on. It is refused (and logged) with
+//		// tableflip.ErrParentRunning while the previous generation is still
+//		// draining.
+//		upg, err := tableflip.New(tableflip.Options{UpgradeSignal: syscall.SIGHUP})
 //		if err != nil {
 //			log.Fatal(err)
 //		}
 //		defer upg.Stop()
-//
 //		go func() {
-//			sig := make(chan os.Signal, 1)
-//			signal.Notify(sig, syscall.SIGHUP)
-//			for range sig {
-//				// Refused with tableflip.ErrParentRunning while the
-//				// previous generation is still draining.
-//				if err := upg.Upgrade(); err != nil {
-//					log.Println("upgrade failed:", err)
-//				}
-//			}
+//			<-stopped.Done()
+//			upg.Stop()
 //		}()
 //
 //		ln, err := upg.Listen("tcp", "localhost:8080")

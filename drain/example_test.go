@@ -9,7 +9,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -159,22 +158,21 @@ func ExamplePacketServer() {
 // bare http.Server.Shutdown that loses requests. (No output: it serves
 // until it is upgraded or stopped.)
 func Example_upgrader() {
-	upg, err := tableflip.New(tableflip.Options{})
+	// Before New, so that SIGTERM never kills a serving generation.
+	stopped, unnotify := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer unnotify()
+
+	// SIGHUP upgrades from New on. It is refused (and logged) with
+	// tableflip.ErrParentRunning while the previous generation is still
+	// draining.
+	upg, err := tableflip.New(tableflip.Options{UpgradeSignal: syscall.SIGHUP})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer upg.Stop()
-
 	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGHUP)
-		for range sig {
-			// Refused with tableflip.ErrParentRunning while the
-			// previous generation is still draining.
-			if err := upg.Upgrade(); err != nil {
-				log.Println("upgrade failed:", err)
-			}
-		}
+		<-stopped.Done()
+		upg.Stop()
 	}()
 
 	ln, err := upg.Listen("tcp", "localhost:8080")

@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -37,26 +38,26 @@ func main() {
 	})
 
 	// README begins
+	// SIGTERM and SIGINT stop gracefully. Handled before New, so that they
+	// never kill a generation that has been announced as the serving one.
+	stopped, unnotify := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer unnotify()
+
 	upg, err := tableflip.New(tableflip.Options{
 		PIDFile:       *pidFile,
 		ControlSocket: *control,
+		// SIGHUP upgrades, from New on. Upgrade does the same in process.
+		UpgradeSignal: syscall.SIGHUP,
 		Systemd:       &tableflip.SystemdOptions{FdStore: true},
+		Logger:        slog.Default(),
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer upg.Stop()
-
-	// Upgrade on SIGHUP. Upgrade blocks until the new generation is ready,
-	// or returns why it is not.
 	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGHUP)
-		for range sig {
-			if err := upg.Upgrade(); err != nil {
-				log.Println("upgrade failed:", err)
-			}
-		}
+		<-stopped.Done()
+		upg.Stop()
 	}()
 
 	// Inherited from the previous generation, or created on a first start.

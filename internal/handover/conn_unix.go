@@ -13,6 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Supported reports whether this platform can pass descriptors to a new
+// process: every unix can, over Unix sockets.
+const Supported = true
+
 // Conn is one end of the handover socket.
 type Conn struct {
 	*net.UnixConn
@@ -35,8 +39,9 @@ func Pair() (*Conn, *os.File, error) {
 }
 
 // NewConn makes a Conn of a descriptor and takes ownership of it: fd is
-// closed, whatever the outcome.
+// made close-on-exec at once, and closed, whatever the outcome.
 func NewConn(fd int) (*Conn, error) {
+	unix.CloseOnExec(fd)
 	f := os.NewFile(uintptr(fd), "tableflip-handover")
 	defer f.Close()
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)

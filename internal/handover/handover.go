@@ -9,7 +9,7 @@
 // tells the child where to find that end, and who it is, in a single
 // environment variable:
 //
-//	TABLEFLIP_HANDOVER=v1;pid=<parent pid>;fd=<descriptor>;token=<32 hex digits>
+//	TABLEFLIP_HANDOVER=v2;pid=<parent pid>;fd=<descriptor>;token=<32 hex digits>
 //
 // The child reads the variable, removes it from its environment and marks
 // the descriptor close-on-exec at once, so that nothing of the protocol
@@ -37,9 +37,10 @@
 //
 //  1. parent → child FrameHello: the protocol version (uint16), the token
 //     (16 bytes) and the manifest: a uvarint count of entries, then for each
-//     entry its kind (1 byte, one of the Kind* constants), and the network,
-//     the address the program asked for, and the address the socket is
-//     really bound to, each a uvarint length followed by that many bytes;
+//     entry its kind (1 byte, one of the Kind* constants), its flags (1
+//     byte, EntryHeld or 0), and the network, the address the program
+//     asked for, and the address the socket is really bound to, each a
+//     uvarint length followed by that many bytes;
 //     then the parent's generation number (a uvarint: 1 for a process
 //     started without a parent). A hello that ends after the manifest is
 //     from a parent that predates the generation number, which reads as 0.
@@ -54,11 +55,16 @@
 //     descriptors carried by this frame as SCM_RIGHTS, at most MaxFDsPerFrame.
 //     The descriptors of all FrameFDs frames, in order, belong to the
 //     manifest's entries in order.
-//  3. child → parent FrameReady once the program has called Ready: the
-//     child's pid (uint32).
+//  3. child → parent FrameReady once the program has called Ready (see
+//     Ready): the child's pid (uint32), then the absolute path of the PID
+//     file the child's program names (a uvarint length and that many
+//     bytes; length 0 for none).
 //  4. parent → child FrameAck: the parent accepts the child as the new
-//     generation and will stop serving. Only now does the child write its
-//     PID file.
+//     generation and will stop serving. Before it sends FrameAck, the
+//     parent has written the child's pid to that PID file: the file
+//     names the child before the parent can exit, and before the parent
+//     tells anyone (its caller, systemd) that the upgrade succeeded. A
+//     parent that cannot write it sends FrameError instead.
 //
 // If the program hands on state, the manifest's last entry is of kind
 // KindState: a second Unix stream socket on which the parent streams the
@@ -72,6 +78,14 @@
 // A child that finds a version it does not speak in the environment answers
 // with FrameError and stops; the parent then fails the upgrade and keeps
 // serving.
+//
+// # Versions
+//
+// Version 1 had the child write its PID file after FrameAck, so that the
+// parent could exit before the file named the child; its FrameReady
+// carried the pid alone. Version 2 moved the PID file to the parent's side
+// of FrameAck. The two are refused by each other (an upgrade between them
+// fails and the old generation serves on; restart instead).
 package handover
 
 import (
@@ -86,7 +100,7 @@ import (
 )
 
 // Version is the protocol version this package speaks.
-const Version = 1
+const Version = 2
 
 // EnvVar is the environment variable through which a parent names the
 // handover socket to its child.
@@ -236,7 +250,13 @@ type Entry struct {
 	// Bound is the address the socket is really bound to, such as
 	// "127.0.0.1:41234", or "" where that is the same as Addr.
 	Bound string
+	// Held is set on a Unix socket whose file belongs to systemd (socket
+	// activation or the fd store): no generation removes it.
+	Held bool
 }
+
+// EntryHeld is the flag of an Entry whose Held is set.
+const EntryHeld = 1 << 0
 
 // Hello is the payload of FrameHello.
 type Hello struct {
@@ -268,7 +288,7 @@ const maxPID = 1<<31 - 1
 func (h *Hello) MarshalBinary() ([]byte, error) {
 	size := 2 + TokenSize + 2*binary.MaxVarintLen64
 	for _, e := range h.Entries {
-		size += 1 + 3*binary.MaxVarintLen64 + len(e.Network) + len(e.Addr) + len(e.Bound)
+		size += 2 + 3*binary.MaxVarintLen64 + len(e.Network) + len(e.Addr) + len(e.Bound)
 	}
 	b := make([]byte, 0, size)
 	b = binary.BigEndian.AppendUint16(b, uint16(h.Version))
@@ -278,7 +298,11 @@ func (h *Hello) MarshalBinary() ([]byte, error) {
 		if !validKind(e.Kind) {
 			return nil, fmt.Errorf("handover: entry %s %s has unknown kind %q", e.Network, e.Addr, e.Kind)
 		}
-		b = append(b, e.Kind)
+		var flags byte
+		if e.Held {
+			flags |= EntryHeld
+		}
+		b = append(b, e.Kind, flags)
 		for _, s := range [...]string{e.Network, e.Addr, e.Bound} {
 			if len(s) > maxString {
 				return nil, fmt.Errorf("handover: entry %s %s: string of %d bytes is longer than %d", e.Network, e.Addr, len(s), maxString)
@@ -333,9 +357,9 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 	if err != nil {
 		return malformed("hello is truncated in its entry count")
 	}
-	// Every entry takes at least four bytes: a bound on the count that
+	// Every entry takes at least five bytes: a bound on the count that
 	// keeps a corrupt count from allocating.
-	if n > uint64(r.Len())/4 {
+	if n > uint64(r.Len())/5 {
 		return malformed("hello claims %d entries in %d bytes", n, r.Len())
 	}
 	h.Entries = make([]Entry, 0, n)
@@ -349,6 +373,14 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 			return malformed("entry %d has unknown kind %q", i, kind)
 		}
 		e.Kind = kind
+		flags, err := r.ReadByte()
+		if err != nil {
+			return malformed("entry %d is truncated", i)
+		}
+		if flags&^EntryHeld != 0 {
+			return malformed("entry %d has unknown flags %#x", i, flags)
+		}
+		e.Held = flags&EntryHeld != 0
 		for _, s := range [...]*string{&e.Network, &e.Addr, &e.Bound} {
 			if *s, err = readString(r); err != nil {
 				return malformed("entry %d: %v", i, err)
@@ -413,6 +445,51 @@ func readString(r *bytes.Reader) (string, error) {
 	return string(b), nil
 }
 
+// Ready is the payload of FrameReady.
+type Ready struct {
+	PID int
+	// PIDFile is the absolute path of the PID file that the parent
+	// writes the child's pid to before it acknowledges; "" for none.
+	PIDFile string
+}
+
+// MarshalBinary encodes r as the payload of FrameReady.
+func (r *Ready) MarshalBinary() ([]byte, error) {
+	if r.PID <= 0 || r.PID > maxPID {
+		return nil, fmt.Errorf("handover: ready from pid %d", r.PID)
+	}
+	if len(r.PIDFile) > maxString {
+		return nil, fmt.Errorf("handover: PID file path of %d bytes is longer than %d", len(r.PIDFile), maxString)
+	}
+	b := binary.BigEndian.AppendUint32(nil, uint32(r.PID))
+	b = binary.AppendUvarint(b, uint64(len(r.PIDFile)))
+	return append(b, r.PIDFile...), nil
+}
+
+// UnmarshalBinary decodes the payload of FrameReady.
+func (r *Ready) UnmarshalBinary(b []byte) error {
+	if len(b) < 4 {
+		return malformed("ready of %d bytes has no pid", len(b))
+	}
+	pid := binary.BigEndian.Uint32(b)
+	if pid == 0 || pid > maxPID {
+		return malformed("ready from pid %d", pid)
+	}
+	rd := bytes.NewReader(b[4:])
+	path, err := readString(rd)
+	if err != nil {
+		return malformed("ready: PID file: %v", err)
+	}
+	if rd.Len() != 0 {
+		return malformed("%d bytes after the ready frame's PID file", rd.Len())
+	}
+	if path != "" && path[0] != '/' {
+		return malformed("ready: PID file %q is not an absolute path", path)
+	}
+	r.PID, r.PIDFile = int(pid), path
+	return nil
+}
+
 // AppendFrame appends a frame of the given type and payload to b.
 func AppendFrame(b []byte, typ byte, payload []byte) []byte {
 	b = append(b, Magic...)
@@ -457,16 +534,4 @@ func ReadFrame(r io.Reader) (typ byte, payload []byte, err error) {
 		return 0, nil, malformed("frame %q is truncated after %d bytes header", typ, headerSize)
 	}
 	return typ, payload, nil
-}
-
-// HeaderSize is the size of a frame header.
-const HeaderSize = headerSize
-
-// ParseHeader checks a frame header read by other means (such as a
-// message that also carried descriptors).
-func ParseHeader(h []byte) (typ byte, length int, err error) {
-	if len(h) < headerSize {
-		return 0, 0, malformed("frame header of %d bytes is truncated", len(h))
-	}
-	return parseHeader(h)
 }

@@ -29,14 +29,15 @@ func TestParseEnvErrors(t *testing.T) {
 		{"", "does not start with a version", ErrMalformed},
 		{"1;pid=2;fd=3", "does not start with a version", ErrMalformed},
 		{"vX;pid=2;fd=3", `version "X" is not a number`, ErrMalformed},
-		{"v1;pid=2", "pid and fd are required", ErrMalformed},
-		{"v1;pid=abc;fd=3;token=" + token, `pid "abc" is not a number`, ErrMalformed},
-		{"v1;pid=-1;fd=3;token=" + token, `pid "-1" is not a number`, ErrMalformed},
-		{"v1;pid=2;fd=1;token=" + token, "fd 1 is a standard stream", ErrMalformed},
-		{"v1;pid=2;fd=3;token=zz", "token is not 32 hex digits", ErrMalformed},
-		{"v1;pid=2;fd=3;pid=4;token=" + token, `bad field "pid=4"`, ErrMalformed},
-		{"v1;pid=2;fd=3;colour=red;token=" + token, `unknown field "colour"`, ErrMalformed},
-		{"v2;pid=2;fd=3;more=1", "unsupported protocol version 2", ErrVersion},
+		{"v2;pid=2", "pid and fd are required", ErrMalformed},
+		{"v2;pid=abc;fd=3;token=" + token, `pid "abc" is not a number`, ErrMalformed},
+		{"v2;pid=-1;fd=3;token=" + token, `pid "-1" is not a number`, ErrMalformed},
+		{"v2;pid=2;fd=1;token=" + token, "fd 1 is a standard stream", ErrMalformed},
+		{"v2;pid=2;fd=3;token=zz", "token is not 32 hex digits", ErrMalformed},
+		{"v2;pid=2;fd=3;pid=4;token=" + token, `bad field "pid=4"`, ErrMalformed},
+		{"v2;pid=2;fd=3;colour=red;token=" + token, `unknown field "colour"`, ErrMalformed},
+		{"v3;pid=2;fd=3;more=1", "unsupported protocol version 3", ErrVersion},
+		{"v1;pid=2;fd=3;token=" + token, "unsupported protocol version 1", ErrVersion},
 	} {
 		_, err := ParseEnv(tc.value)
 		if err == nil || !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
@@ -49,6 +50,7 @@ func TestHelloRoundTrip(t *testing.T) {
 	h := Hello{Version: Version, Token: [TokenSize]byte{9}, Generation: 300, Entries: []Entry{
 		{Kind: KindListener, Network: "tcp", Addr: "127.0.0.1:0", Bound: "127.0.0.1:4242"},
 		{Kind: KindPacketConn, Network: "unixgram", Addr: "@abstract"},
+		{Kind: KindListener, Network: "unix", Addr: "/run/app.sock", Held: true},
 		{Kind: KindFile, Addr: "state"},
 	}}
 	b, err := h.MarshalBinary()
@@ -133,12 +135,14 @@ func TestHelloErrors(t *testing.T) {
 		want string
 	}{
 		{"empty", nil, "has no version"},
-		{"other version", []byte{0, 2}, "unsupported protocol version 2"},
+		{"other version", []byte{0, 3}, "unsupported protocol version 3"},
+		{"version 1", []byte{0, 1}, "unsupported protocol version 1"},
 		{"no token", good[:5], "truncated in its token"},
 		{"truncated entry", good[:len(good)-2], "entry 0"},
 		{"truncated generation", append(append([]byte{}, good[:len(good)-1]...), 0x80), "truncated in its generation"},
 		{"trailing bytes", append(append([]byte{}, good...), 0, 0), "1 bytes after the live generations"},
-		{"bad kind", append(append([]byte{}, good[:19]...), 'Z', 0, 0, 0), "unknown kind"},
+		{"bad kind", append(append([]byte{}, good[:19]...), 'Z', 0, 0, 0, 0), "unknown kind"},
+		{"bad flags", append(append([]byte{}, good[:19]...), 'L', 0x80, 0, 0, 0), "unknown flags 0x80"},
 		{"huge count", append(append([]byte{}, good[:18]...), 0xff, 0xff, 0xff, 0x7f), "claims"},
 	} {
 		var h Hello
@@ -170,9 +174,9 @@ func TestReadFrameErrors(t *testing.T) {
 // FuzzParseEnv: whatever the environment holds, ParseEnv returns an error
 // or a value that formats back to itself.
 func FuzzParseEnv(f *testing.F) {
-	f.Add(Env{Version: 1, PID: 7, FD: 3}.String())
-	f.Add("v2;pid=1;fd=3")
-	f.Add("v1;pid=;fd=")
+	f.Add(Env{Version: Version, PID: 7, FD: 3}.String())
+	f.Add("v3;pid=1;fd=3")
+	f.Add("v2;pid=;fd=")
 	f.Fuzz(func(t *testing.T, s string) {
 		e, err := ParseEnv(s)
 		if err != nil {
@@ -216,10 +220,57 @@ func FuzzHello(f *testing.F) {
 	})
 }
 
+func TestReady(t *testing.T) {
+	for _, r := range []Ready{{PID: 1}, {PID: 4242, PIDFile: "/run/app.pid"}} {
+		b, err := r.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Ready
+		if err := got.UnmarshalBinary(b); err != nil || got != r {
+			t.Errorf("Ready %+v encodes to %q, which decodes to %+v, %v", r, b, got, err)
+		}
+	}
+	for _, tc := range []struct {
+		payload []byte
+		want    string
+	}{
+		{[]byte{0, 0, 1}, "ready of 3 bytes has no pid"},
+		{[]byte{0, 0, 0, 0, 0}, "ready from pid 0"},
+		{[]byte{0, 0, 0, 1}, "truncated string length"},
+		{[]byte{0, 0, 0, 1, 3, 'a', 'b', 'c'}, `PID file "abc" is not an absolute path`},
+		{[]byte{0, 0, 0, 1, 0, 0}, "1 bytes after"},
+	} {
+		var r Ready
+		err := r.UnmarshalBinary(tc.payload)
+		if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("UnmarshalBinary(%q) = %v, want an ErrMalformed saying %q", tc.payload, err, tc.want)
+		}
+	}
+}
+
+// FuzzReady: a ready frame decodes or is refused with an error, and what
+// decodes encodes back to the same bytes.
+func FuzzReady(f *testing.F) {
+	good, _ := (&Ready{PID: 7, PIDFile: "/run/x.pid"}).MarshalBinary()
+	f.Add(good)
+	f.Add([]byte{0, 0, 0, 1, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r Ready
+		if err := r.UnmarshalBinary(b); err != nil {
+			return
+		}
+		again, err := r.MarshalBinary()
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("ready %q decodes to %+v, which encodes to %q, %v", b, r, again, err)
+		}
+	})
+}
+
 // FuzzReadFrame: any byte stream yields frames or an error, never a panic
 // or an allocation beyond MaxPayload.
 func FuzzReadFrame(f *testing.F) {
-	f.Add(AppendFrame(nil, FrameReady, []byte{0, 0, 0, 1}))
+	f.Add(AppendFrame(nil, FrameReady, []byte{0, 0, 0, 1, 0}))
 	f.Add([]byte("TFLPX\x00\x00\x00\x02hi"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)

@@ -1,21 +1,21 @@
 //go:build darwin || freebsd
 
-package tableflip
+package peercred
 
 import "golang.org/x/sys/unix"
 
-func getPeerCred(fd int) (peerCred, error) {
+func get(fd int) (Cred, error) {
 	xu, err := unix.GetsockoptXucred(fd, unix.SOL_LOCAL, unix.LOCAL_PEERCRED)
 	if err != nil {
-		return peerCred{}, err
+		return Cred{}, err
 	}
-	cred := peerCred{uid: int(xu.Uid), gid: -1, groups: []int{}}
+	cred := Cred{UID: int(xu.Uid), GID: -1, Groups: []int{}}
 	for i := range min(int(xu.Ngroups), len(xu.Groups)) {
 		g := int(xu.Groups[i])
 		if i == 0 {
-			cred.gid = g
+			cred.GID = g
 		}
-		cred.groups = append(cred.groups, g)
+		cred.Groups = append(cred.Groups, g)
 	}
 	return cred, nil
 }

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip/internal/handover"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,7 +32,6 @@ import (
 // rewrites before each upgrade, since every generation shares the first
 // one's environment.
 const (
-	helperEnv   = "TABLEFLIP_TEST_HELPER"
 	modeFileEnv = "TABLEFLIP_TEST_MODE_FILE"
 	pidFileEnv  = "TABLEFLIP_TEST_PID_FILE"
 	unixPathEnv = "TABLEFLIP_TEST_UNIX"
@@ -39,24 +40,7 @@ const (
 	extraEnv    = "TABLEFLIP_TEST_EXTRA_LISTENERS"
 )
 
-var helpers = map[string]func() int{
-	"server":   helperServer,
-	"envcheck": helperEnvCheck,
-	"sdserver": helperSystemdServer,
-}
-
-func TestMain(m *testing.M) {
-	if name := os.Getenv(helperEnv); name != "" {
-		h := helpers[name]
-		if h == nil {
-			fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
-			os.Exit(2)
-		}
-		os.Exit(h())
-	}
-	becomeSubreaper()
-	os.Exit(m.Run())
-}
+func init() { registerHelper("server", helperServer) }
 
 // helperServer is one generation of the test server. It prints one line
 // per event to stdout, which all generations share:
@@ -82,9 +66,10 @@ func helperServer() int {
 		panic("init failed")
 	case "kill":
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	case "speak-v2":
+	case "speak-other-version":
 		v := os.Getenv("TABLEFLIP_HANDOVER")
-		os.Setenv("TABLEFLIP_HANDOVER", "v2"+strings.TrimPrefix(v, "v1"))
+		_, rest, _ := strings.Cut(v, ";")
+		os.Setenv("TABLEFLIP_HANDOVER", fmt.Sprintf("v%d;%s", handover.Version+1, rest))
 	}
 
 	timeout, _ := time.ParseDuration(os.Getenv(timeoutEnv))
@@ -333,23 +318,6 @@ func describeError(err error) string {
 	return "[" + strings.Join(names, ",") + "]"
 }
 
-// helperEnvCheck reports what a subprocess of an upgraded generation
-// inherited: the handover variable, and descriptors beyond stdio.
-func helperEnvCheck() int {
-	_, set := os.LookupEnv("TABLEFLIP_HANDOVER")
-	sockets := 0
-	names, _ := os.ReadDir("/proc/self/fd")
-	for _, n := range names {
-		fd, _ := strconv.Atoi(n.Name())
-		target, _ := os.Readlink("/proc/self/fd/" + n.Name())
-		if fd > 2 && strings.HasPrefix(target, "socket:") {
-			sockets++
-		}
-	}
-	fmt.Printf("handover-var=%t inherited-sockets=%d\n", set, sockets)
-	return 0
-}
-
 func readMode() string {
 	b, _ := os.ReadFile(os.Getenv(modeFileEnv))
 	return strings.TrimSpace(string(b))
@@ -401,10 +369,12 @@ func startServer(t testing.TB, cfg serverConfig) *server {
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(),
-		helperEnv+"=server",
 		modeFileEnv+"="+filepath.Join(dir, "mode"),
 		pidFileEnv+"="+s.pidFile,
 	)
+	if !slices.ContainsFunc(cfg.env, func(kv string) bool { return strings.HasPrefix(kv, helperEnv+"=") }) {
+		cmd.Env = append(cmd.Env, helper("server"))
+	}
 	cmd.Env = append(cmd.Env, cfg.env...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -549,14 +519,41 @@ func (s *server) cleanup() {
 		s.first.Wait()
 	}
 	// Kill every generation, seen or not (they share the first one's
-	// process group), and reap those seen, so that no test leaves a
-	// process or a zombie behind.
-	syscall.Kill(-s.first.Process.Pid, syscall.SIGKILL)
-	for pid := range s.seen {
-		syscall.Wait4(pid, nil, 0, nil)
+	// process group), and reap them all as they become the test's
+	// children (a generation's child does once its parent has exited),
+	// so that no test leaves a process or a zombie behind.
+	pgid := s.first.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		if pid, _ := syscall.Wait4(-pgid, nil, syscall.WNOHANG, nil); pid > 0 {
+			continue
+		}
+		if processesInGroup(pgid, true) == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
 	}
 	for range s.lines {
 	}
+}
+
+// processesInGroup counts the processes of process group pgid, zombies
+// too if zombies is set.
+func processesInGroup(pgid int, zombies bool) int {
+	names, _ := os.ReadDir("/proc")
+	n := 0
+	for _, d := range names {
+		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces.
+		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(fields) > 2 && fields[2] == strconv.Itoa(pgid) && (zombies || fields[0] != "Z" && fields[0] != "X") {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *server) udpPID() string {
@@ -574,19 +571,4 @@ func (s *server) udpPID() string {
 		s.t.Fatalf("udp: %v", err)
 	}
 	return string(buf[:n])
-}
-
-func unixPID(t testing.TB, path string) string {
-	t.Helper()
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatalf("dial unix %s: %v", path, err)
-	}
-	defer c.Close()
-	fmt.Fprintln(c, "pid")
-	reply, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("unix %s: %v", path, err)
-	}
-	return strings.TrimSpace(string(reply))
 }

@@ -1,0 +1,8 @@
+//go:build !linux
+
+package memfd
+
+import "os"
+
+// Create reports ErrNotSupported.
+func Create(string) (*os.File, error) { return nil, ErrNotSupported }
