@@ -155,6 +155,7 @@ func (s *PacketServer) Drain(ctx context.Context) (Stats, error) {
 	s.stopped = true
 	close(s.drainingCh)
 	s.stats.Conns = s.handling
+	handling := s.handling
 	for c := range s.conns {
 		// Wakes every read waiting on c; one that has a datagram
 		// returns it first.
@@ -162,7 +163,7 @@ func (s *PacketServer) Drain(ctx context.Context) (Stats, error) {
 	}
 	s.mu.Unlock()
 	began := time.Now()
-	logAttrs(s.log, slog.LevelInfo, "drain: started", slog.Int("handling", s.stats.Conns))
+	logAttrs(s.log, slog.LevelInfo, "drain: started", slog.Int("handling", handling))
 
 	var err error
 	for err == nil {
