@@ -51,6 +51,7 @@ type Interface interface {
 	HasParent() bool
 	State() (io.Reader, error)
 	Stats() tableflip.Stats
+	Generation() tableflip.GenerationInfo
 
 	Listen(network, addr string) (net.Listener, error)
 	ListenWithCallback(network, addr string, callback func(network, addr string) (net.Listener, error)) (net.Listener, error)
@@ -234,6 +235,12 @@ func (u *Upgrader) State() (io.Reader, error) {
 	return u.ParentState, nil
 }
 
+// Generation returns this process's pid, generation 1, no parent, and
+// when New was called; Conns is -1, as in the real one's.
+func (u *Upgrader) Generation() tableflip.GenerationInfo {
+	return tableflip.GenerationInfo{PID: os.Getpid(), Generation: 1, Started: u.started, Conns: -1}
+}
+
 // Stats describes the double as the real Upgrader describes itself: this
 // process's pid, generation 1 with no parent, started by New, the
 // upgrades Upgrade attempted, succeeded and failed, the last failure
@@ -252,14 +259,10 @@ func (u *Upgrader) Stats() tableflip.Stats {
 		UpgradesAttempted: uint64(u.upgrades),
 		UpgradesSucceeded: uint64(u.succeeded),
 		UpgradesFailed:    uint64(u.upgrades - u.succeeded),
-		Generations: []tableflip.GenerationInfo{{
-			PID:        os.Getpid(),
-			Generation: 1,
-			Started:    u.started,
-			AgeSeconds: time.Since(u.started).Seconds(),
-			Conns:      -1,
-		}},
 	}
+	g := u.Generation()
+	g.AgeSeconds = time.Since(u.started).Seconds()
+	st.Generations = []tableflip.GenerationInfo{g}
 	if u.upgrading {
 		st.UpgradesFailed-- // Attempted is Succeeded plus Failed, plus one while Upgrading
 	}

@@ -129,6 +129,9 @@ func TestUpgraderStats(t *testing.T) {
 		len(st.Generations) != 1 || st.Generations[0].PID != os.Getpid() || st.Generations[0].Conns != -1 {
 		t.Errorf("Stats of a new double: %+v", st)
 	}
+	if g := upg.Generation(); g.PID != os.Getpid() || g.Generation != 1 || g.ParentPID != 0 || !g.Started.Equal(st.Started) || g.Conns != -1 {
+		t.Errorf("Generation of a new double: %+v", g)
+	}
 	// An upgrade under way is one, and refuses another.
 	upg.Ready()
 	inside, release := make(chan struct{}), make(chan struct{})
