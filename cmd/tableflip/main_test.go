@@ -59,6 +59,10 @@ func TestMain(m *testing.M) {
 		// binary, as the sample server.
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
+	// Under the race detector a process lingers a second at exit by
+	// default, and the check waits for each old generation's exit.
+	// Races are still reported, in the server's output (runCheckCmd).
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	code := m.Run()
 	if code == 0 && flag.Lookup("test.run").Value.String() == "" {
 		for name := range helpers {
@@ -84,14 +88,6 @@ func helperServerOn(t *testing.T, name, scheme string) (args []string, url, pidF
 	t.Helper()
 	usedHelpers[name] = true
 	t.Setenv(helperEnv, name)
-	if scheme != "http" {
-		// Under the race detector a process lingers a second at exit
-		// by default, and the check waits for each old generation's
-		// exit. Races are still reported, in the server's output
-		// (runCheckCmd). The servers of the other schemes are built to
-		// exit at once (see waitPIDFileMoves).
-		t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	}
 	// The port is chosen here because -url must be known before the
 	// server starts; another process could take it meanwhile, which on
 	// a test machine it does not.

@@ -50,13 +50,13 @@ func init() {
 // before Ready, and once it is told to exit, drain with a deadline of
 // drainTimeout. It says on standard error when it is ready, for -log.
 func helperGeneration(pidFile string, drainTimeout time.Duration, start func(upg *tableflip.Upgrader, gen int) (drain func(context.Context), err error)) int {
-	gen := countGeneration()
 	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer upg.Stop()
+	gen := int(upg.Generation().Generation)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
 	go func() {
@@ -84,27 +84,7 @@ func helperGeneration(pidFile string, drainTimeout time.Duration, start func(upg
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
 	stop(ctx)
-	upg.Stop()
-	waitPIDFileMoves(pidFile)
 	return 0
-}
-
-// waitPIDFileMoves waits, for at most ten seconds, until the PID file no
-// longer names this process. The Upgrader's new generation renames the
-// PID file only after its parent acknowledged it, and nothing stops the
-// parent from exiting first (issue 13): the check would then see the
-// server end without a successor. These servers, which exit as soon as
-// they have drained (no race detector's linger at exit: see
-// helperServerOn), wait instead, so that their tests test the check.
-func waitPIDFileMoves(pidFile string) {
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for range 10_000 {
-		if pid, ok := readPIDFile(pidFile); !ok || pid != os.Getpid() {
-			return
-		}
-		<-tick.C
-	}
 }
 
 // lineServer echoes lines on drain.Listener (see serveLines).
@@ -187,42 +167,33 @@ func helperChildDies(addr, pidFile string) int {
 }
 
 // helperOutgoing serves lines, and each generation holds connections of
-// its own to a backend (itself), more in each generation, as a gRPC
-// server holds client connections: the fd verdict must not count them.
+// its own to a backend, more in each generation, as a gRPC server holds
+// client connections: the fd verdict must not count them. (The backend
+// is a listener of its own, in the same process.)
 func helperOutgoing(addr, pidFile string) int {
 	return helperGeneration(pidFile, 10*time.Second, func(upg *tableflip.Upgrader, gen int) (func(context.Context), error) {
-		ln, err := upg.Listen("tcp", addr)
+		stop, err := serveLines(upg, addr, nil)
 		if err != nil {
 			return nil, err
 		}
-		l := drain.NewListener(ln, drain.Options{})
-		go func() {
-			for {
-				c, err := l.AcceptConn()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					stop := context.AfterFunc(c.Context(), func() { c.SetReadDeadline(time.Now().Add(time.Second)) })
-					defer stop()
-					io.Copy(c, c) // echoes lines, and holds the backend connections
-				}()
-			}
-		}()
-		var backend []net.Conn
+		backend, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		var conns []net.Conn
 		for range 3 * gen {
-			c, err := net.Dial("tcp", addr)
+			c, err := net.Dial("tcp", backend.Addr().String())
 			if err != nil {
 				return nil, err
 			}
-			backend = append(backend, c)
+			conns = append(conns, c)
 		}
 		return func(ctx context.Context) {
-			for _, c := range backend {
+			for _, c := range conns {
 				c.Close()
 			}
-			l.Drain(ctx)
+			backend.Close()
+			stop(ctx)
 		}, nil
 	})
 }
@@ -243,15 +214,6 @@ func helperFDLeak(addr, pidFile string) int {
 		}
 		return serveLines(upg, addr, nil)
 	})
-}
-
-// countGeneration returns the number of this generation, kept in the
-// environment each one hands to the next. (Upgrader.Stats would say, but
-// it is not cheap: see issue 14.)
-func countGeneration() int {
-	n := len(os.Getenv("TABLEFLIP_CHECK_TEST_GEN")) + 1
-	os.Setenv("TABLEFLIP_CHECK_TEST_GEN", strings.Repeat("x", n))
-	return n
 }
 
 // checkJSON runs check with -json and decodes the report.
@@ -400,7 +362,8 @@ func TestCheckFDVerdict(t *testing.T) {
 			}
 			switch tt.helper {
 			case "outgoing":
-				// 9 backend connections in generation 3.
+				// 9 backend connections in generation 3 (their other
+				// ends wait in the backend's accept queue).
 				if *rep.Last.Conns < 9 {
 					t.Errorf("last generation: %v, want at least 9 connections", rep.Last)
 				}
