@@ -161,59 +161,75 @@ func helperZombie(addr, pidFile string) int {
 // It closes the connection of every dropEvery-th request without an
 // answer (never, if 0) and calls exit once its successor is ready.
 func upgradingServer(addr, pidFile string, dropEvery int64, exit func()) int {
-	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile})
+	return helperGeneration(pidFile, 10*time.Second, func(upg *tableflip.Upgrader, _ int) (func(context.Context), error) {
+		ln, err := upg.Listen("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		var n atomic.Int64
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					for {
+						req, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						io.Copy(io.Discard, req.Body)
+						if dropEvery > 0 && n.Add(1)%dropEvery == 0 {
+							return
+						}
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+					}
+				}()
+			}
+		}()
+		return func(context.Context) {
+			exit()
+			ln.Close()
+		}, nil
+	})
+}
+
+// helperGeneration runs a generation on the Upgrader, set up as the
+// README shows: SIGHUP upgrades, SIGTERM stops. It calls start with the
+// generation's number before Ready, and once it is told to exit, drain
+// with a deadline of drainTimeout. It says on standard error when it is
+// ready, for -log.
+func helperGeneration(pidFile string, drainTimeout time.Duration, start func(upg *tableflip.Upgrader, gen int) (drain func(context.Context), err error)) int {
+	stopped, unnotify := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer unnotify()
+	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile, UpgradeSignal: syscall.SIGHUP})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer upg.Stop()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
 	go func() {
-		for sig := range sigs {
-			if sig == syscall.SIGTERM {
-				upg.Stop()
-				return
-			}
-			upg.Upgrade()
-		}
+		<-stopped.Done()
+		upg.Stop()
 	}()
-	ln, err := upg.Listen("tcp", addr)
+	gen := int(upg.Generation().Generation)
+	stop, err := start(upg, gen)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	var n atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					if dropEvery > 0 && n.Add(1)%dropEvery == 0 {
-						return
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-				}
-			}()
-		}
-	}()
 	if err := upg.Ready(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	fmt.Fprintf(os.Stderr, "generation %d (pid %d) ready\n", gen, os.Getpid())
 	<-upg.Exit()
-	exit()
-	ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	stop(ctx)
 	return 0
 }
 

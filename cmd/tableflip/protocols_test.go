@@ -10,12 +10,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -43,48 +41,6 @@ func init() {
 	registerHelper("child-dies", helperChildDies)
 	registerHelper("outgoing", helperOutgoing)
 	registerHelper("fd-leak", helperFDLeak)
-}
-
-// helperGeneration runs a generation on the Upgrader: it upgrades on
-// SIGHUP, stops on SIGTERM, calls start with the generation's number
-// before Ready, and once it is told to exit, drain with a deadline of
-// drainTimeout. It says on standard error when it is ready, for -log.
-func helperGeneration(pidFile string, drainTimeout time.Duration, start func(upg *tableflip.Upgrader, gen int) (drain func(context.Context), err error)) int {
-	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer upg.Stop()
-	gen := int(upg.Generation().Generation)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
-	go func() {
-		for sig := range sigs {
-			if sig == syscall.SIGTERM {
-				upg.Stop()
-				return
-			}
-			if err := upg.Upgrade(); err != nil {
-				fmt.Fprintln(os.Stderr, "upgrade failed:", err)
-			}
-		}
-	}()
-	stop, err := start(upg, gen)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := upg.Ready(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Fprintf(os.Stderr, "generation %d (pid %d) ready\n", gen, os.Getpid())
-	<-upg.Exit()
-	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	defer cancel()
-	stop(ctx)
-	return 0
 }
 
 // lineServer echoes lines on drain.Listener (see serveLines).

@@ -196,20 +196,12 @@ func (c *rawClient) exchange() (out Outcome, reuse bool, err error) {
 			return Malformed, false, err
 		}
 		// The parser may have seen a partial line as a whole one.
-		o := classify(c.wr.err, Truncated)
-		if o == EOF || o == Other {
-			o = Truncated
-		}
-		return o, false, c.wr.err
+		return cutShort(c.wr.err), false, c.wr.err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		o := classify(err, Truncated)
-		if o == EOF || o == Other {
-			o = Truncated
-		}
-		return o, false, err
+		return cutShort(err), false, err
 	}
 	reuse = c.keepAlive && !resp.Close
 	if resp.StatusCode >= 400 {
@@ -252,11 +244,7 @@ func (c *goClient) do(ctx context.Context) (Outcome, error) {
 	resp.Body.Close()
 	switch {
 	case err != nil:
-		o := classify(err, Truncated)
-		if o == EOF {
-			o = Truncated
-		}
-		return o, err
+		return cutShort(err), err
 	case c.h2 && resp.ProtoMajor != 2:
 		return Protocol, errors.New("answered with " + resp.Proto)
 	case resp.StatusCode >= 400:

@@ -61,11 +61,7 @@ func (c *grpcClient) do(ctx context.Context) (Outcome, error) {
 	resp.Body.Close()
 	switch {
 	case err != nil:
-		o := classify(err, Truncated)
-		if o == EOF {
-			o = Truncated
-		}
-		return o, err
+		return cutShort(err), err
 	case resp.ProtoMajor != 2:
 		return Protocol, errors.New("answered with " + resp.Proto)
 	case resp.StatusCode != http.StatusOK:

@@ -126,11 +126,7 @@ func lineEnd(err error, partial bool) Outcome {
 	if !partial {
 		return classify(err, Other)
 	}
-	o := classify(err, Truncated)
-	if o == EOF || o == Other {
-		o = Truncated
-	}
-	return o
+	return cutShort(err)
 }
 
 func (h *heldLine) read() {

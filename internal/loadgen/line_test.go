@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,60 +16,22 @@ import (
 // when that returns true, closes the connection instead of answering.
 func lineServer(t *testing.T, bad func(i int64, line string, c *net.TCPConn) bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
 	var n atomic.Int64
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return "tcp://" + serveConns(t, func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if bad != nil && bad(n.Add(1), line, c.(*net.TCPConn)) {
-						return
-					}
-					if _, err := io.WriteString(c, line); err != nil {
-						return
-					}
-				}
-			}()
+			if bad != nil && bad(n.Add(1), line, c) {
+				return
+			}
+			if _, err := io.WriteString(c, line); err != nil {
+				return
+			}
 		}
-	}()
-	return "tcp://" + ln.Addr().String()
+	})
 }
 
 func TestLineModes(t *testing.T) {

@@ -101,6 +101,14 @@ func (o *Outcome) UnmarshalText(b []byte) error {
 	return fmt.Errorf("loadgen: unknown outcome %q", b)
 }
 
+// cutShort names the failure of a response that had begun to arrive.
+func cutShort(err error) Outcome {
+	if o := classify(err, Truncated); o != EOF && o != Other {
+		return o
+	}
+	return Truncated
+}
+
 // classify maps an error from reading a response to an outcome. fallback is
 // used for errors that say nothing more specific.
 func classify(err error, fallback Outcome) Outcome {
