@@ -123,6 +123,12 @@ func controlCommand(cmd string, args []string, stdout, stderr io.Writer) int {
 	}
 	if !resp.OK {
 		fmt.Fprintf(stderr, "tableflip %s: %s\n", cmd, describeControlError(resp.Error))
+		if resp.Error != nil && resp.Error.Reason == tableflip.ReasonTooMany {
+			// The refusal does not say how many; the status does.
+			if st, err := tableflip.ControlCall(ctx, cfg.socket, tableflip.ControlStatus); err == nil && st.OK && st.Status != nil {
+				fmt.Fprintf(stderr, "  alive now: %s\n", describeGenerations(st.Status))
+			}
+		}
 		return exitFailed
 	}
 	if cfg.jsonOut {
@@ -137,6 +143,19 @@ func controlCommand(cmd string, args []string, stdout, stderr io.Writer) int {
 		writeStatus(stdout, resp.Status, time.Now())
 	}
 	return exitOK
+}
+
+// describeGenerations lists the live generations of st, oldest first.
+func describeGenerations(st *tableflip.Stats) string {
+	var gens []string
+	for _, g := range st.Generations {
+		role := "serving"
+		if !g.DrainingSince.IsZero() {
+			role = "draining"
+		}
+		gens = append(gens, fmt.Sprintf("generation %d (pid %d, %s)", g.Generation, g.PID, role))
+	}
+	return plural(len(gens), "generation", "generations") + ": " + strings.Join(gens, ", ")
 }
 
 // fmtAge says how old something is, to the second from a second on:
@@ -166,13 +185,15 @@ func describeControlError(e *tableflip.ControlError) string {
 	case tableflip.ReasonInProgress:
 		what = "refused: another upgrade is running"
 	case tableflip.ReasonParentRunning:
-		what = "refused: the previous generation has not exited yet"
+		what = "refused: the previous generation has not exited yet; ask again once it has drained," +
+			" or let upgrades overlap a drain (tableflip.Options.MaxGenerations above 1) and bound drains (Options.DrainTimeout)"
 	case tableflip.ReasonStopped:
 		what = "refused: the server is stopping"
 	case tableflip.ReasonUpgraded:
 		what = "refused: this generation was just replaced; ask again"
 	case tableflip.ReasonTooMany:
-		what = "refused: as many generations as allowed are alive; ask again once one has drained"
+		what = "refused: as many generations as tableflip.Options.MaxGenerations allows are alive; ask again once one has drained" +
+			" (Options.DrainTimeout bounds how long that takes)"
 	case tableflip.ReasonNotSupported:
 		what = "not supported on the server's platform"
 	case tableflip.ReasonTimeout:

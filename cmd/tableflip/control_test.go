@@ -118,6 +118,13 @@ func TestUpgradeAndStatusCommands(t *testing.T) {
 // fakeControl answers every connection on a new socket with answer.
 func fakeControl(t *testing.T, answer string) string {
 	t.Helper()
+	return fakeControlBy(t, func(string) string { return answer })
+}
+
+// fakeControlBy answers each request with what answer says for its
+// command.
+func fakeControlBy(t *testing.T, answer func(cmd string) string) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "ctl.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -130,8 +137,10 @@ func fakeControl(t *testing.T, answer string) string {
 			if err != nil {
 				return
 			}
-			bufio.NewReader(c).ReadString('\n')
-			c.Write([]byte(answer + "\n"))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			var req tableflip.ControlRequest
+			json.Unmarshal([]byte(line), &req)
+			c.Write([]byte(answer(req.Cmd) + "\n"))
 			c.Close()
 		}
 	}()
@@ -154,7 +163,9 @@ func TestUpgradeCommandFailures(t *testing.T) {
 		{"in progress", `{"v":1,"ok":false,"error":{"reason":"in_progress","message":"tableflip: an upgrade is already in progress"}}`,
 			exitFailed, []string{"another upgrade is running [in_progress]", "already in progress"}},
 		{"at the cap", `{"v":1,"ok":false,"error":{"reason":"too_many_generations","message":"tableflip: too many generations alive"}}`,
-			exitFailed, []string{"as many generations as allowed are alive; ask again once one has drained [too_many_generations]"}},
+			exitFailed, []string{"as many generations as tableflip.Options.MaxGenerations allows are alive; ask again once one has drained (Options.DrainTimeout bounds how long that takes) [too_many_generations]"}},
+		{"parent running", `{"v":1,"ok":false,"error":{"reason":"parent_running","message":"tableflip: the previous generation has not exited yet"}}`,
+			exitFailed, []string{"ask again once it has drained, or let upgrades overlap a drain (tableflip.Options.MaxGenerations above 1) and bound drains (Options.DrainTimeout) [parent_running]"}},
 		{"garbage", `not json`, exitServer, []string{"malformed answer"}},
 	} {
 		sock := fakeControl(t, tc.answer)
@@ -188,6 +199,23 @@ func TestUpgradeCommandFailures(t *testing.T) {
 		if code, _, errOut := runCmd(args...); code != exitUsage {
 			t.Errorf("%q: exit %d, want %d: %s", args, code, exitUsage, errOut)
 		}
+	}
+}
+
+// A refusal at the generation cap says which generations are alive.
+func TestUpgradeAtTheCapListsGenerations(t *testing.T) {
+	sock := fakeControlBy(t, func(cmd string) string {
+		if cmd == tableflip.ControlStatus {
+			return `{"v":1,"ok":true,"status":{"pid":10,"generation":3,"started":"2026-01-02T03:04:05Z","ready":true,` +
+				`"generations":[{"pid":8,"generation":1,"draining_since":"2026-01-02T03:04:05Z","conns":1},` +
+				`{"pid":9,"generation":2,"draining_since":"2026-01-02T03:04:05Z","conns":1},{"pid":10,"generation":3,"conns":2}]}}`
+		}
+		return `{"v":1,"ok":false,"error":{"reason":"too_many_generations","message":"tableflip: too many generations alive"}}`
+	})
+	code, _, errOut := runCmd("upgrade", "-socket", sock)
+	want := "alive now: 3 generations: generation 1 (pid 8, draining), generation 2 (pid 9, draining), generation 3 (pid 10, serving)"
+	if code != exitFailed || !strings.Contains(errOut, want) {
+		t.Errorf("exit %d, stderr %q; want %d and %q", code, errOut, exitFailed, want)
 	}
 }
 
