@@ -97,7 +97,9 @@ server legitimately opens as it runs.
 Exit status: 0 nothing lost and nothing leaked; 1 requests lost or
 processes, fds leaked; 2 bad usage; 3 the server could not be checked
 (it did not start, did not answer, or an upgrade failed: a new generation
-that exits before it is ready is reported as it happens);
+that exits before it is ready is reported as it happens, heard of from
+the kernel's process events on Linux, which need CAP_NET_ADMIN, or else
+looked for every millisecond, which can miss one that lives a few);
 130 interrupted.
 
 flags:
