@@ -416,7 +416,7 @@ func TestCheckBrokenServers(t *testing.T) {
 		flags  []string
 		want   []string
 	}{
-		{"never-ready", []string{"-start-timeout", "100ms"}, []string{"did not write its PID file", "starting, slowly"}},
+		{"never-ready", []string{"-start-timeout", "2s"}, []string{"did not write its PID file", "starting, slowly"}},
 		{"exit", nil, []string{"exited at once (exit status 7) without writing its PID file", "boom: config file missing"}},
 		{"ignore-hup", []string{"-upgrade-timeout", "100ms"}, []string{"ignores the signal"}},
 		{"no-handler", nil, []string{"was killed by SIGHUP: the server does not handle that signal"}},
