@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	cftesting "github.com/cloudflare/tableflip/testing"
+	//lint:ignore SA1019 the deprecated stub is what this test compares
 	tftesting "github.com/seed589fcc9d/tableflip/testing"
 )
 
