@@ -221,8 +221,9 @@ func TestCheckLineAndDatagramServers(t *testing.T) {
 func TestCheckLongLivedCut(t *testing.T) {
 	const upgrades, conns = 3, 2
 	args, _, _ := helperServerOn(t, "line-deadline", "tcp")
+	htmlFile := filepath.Join(t.TempDir(), "report.html")
 	code, rep, _ := checkJSON(t, append([]string{"-upgrades", fmt.Sprint(upgrades), "-interval", "50ms", "-c", fmt.Sprint(conns),
-		"-mode", "line,longlived", "-pace", "5ms"}, args...)...)
+		"-mode", "line,longlived", "-pace", "5ms", "-html", htmlFile}, args...)...)
 	if code != exitOK || !rep.Pass {
 		t.Fatalf("exit %d, verdict %q; want a pass", code, rep.Verdict)
 	}
@@ -235,6 +236,13 @@ func TestCheckLongLivedCut(t *testing.T) {
 	}
 	if !strings.Contains(rep.Verdict, fmt.Sprintf("draining generations cut %d long-lived connections", upgrades*conns)) {
 		t.Errorf("verdict %q does not say what the drain cut", rep.Verdict)
+	}
+	html, err := os.ReadFile(htmlFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(html), "cut by the drain</title>") {
+		t.Errorf("the HTML timeline shows no cut")
 	}
 }
 
