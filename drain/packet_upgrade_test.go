@@ -86,6 +86,7 @@ func runPacketGeneration(how string) int {
 			m.Errors = append(m.Errors, fmt.Sprintf("serve: %v", err))
 		}
 	}
+	<-g.settled // the upgrade report comes first
 	g.send(m)
 	return 0
 }

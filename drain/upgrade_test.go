@@ -102,8 +102,8 @@ type genProgram struct {
 	log  *slog.Logger
 	send func(message)
 	// settled is closed once the generation has reported its
-	// successful upgrade, or was told to stop: its last message may
-	// follow.
+	// successful upgrade, or was told to stop: its exit report, which
+	// the test reads after the upgrade's, may follow.
 	settled chan struct{}
 }
 
@@ -252,6 +252,7 @@ func runGeneration(how string) int {
 			m.Errors = append(m.Errors, fmt.Sprintf("serve: %v", err))
 		}
 	}
+	<-g.settled // the upgrade report comes first
 	send(m)
 	return 0
 }
