@@ -68,9 +68,11 @@ type Options struct {
 	// has ended) is left running; the next upgrade does not wait for
 	// it. With Systemd.FdStore set, a
 	// final Stop also writes the state, into a memfd in systemd's fd
-	// store that the next start reads with State (Linux only); a crash
-	// writes nothing, so the next start gets ErrNoState, or the last
-	// stored state if no start has consumed it yet: see SystemdOptions.
+	// store that the next start reads with State after a `systemctl
+	// restart` (Linux only; systemd releases the store on a `systemctl
+	// stop`); a crash writes nothing, so the next start gets ErrNoState,
+	// or the last stored state if no start has consumed it yet: see
+	// SystemdOptions.
 	WriteState func(w io.Writer) error
 	// OnUpgradeFailed, if not nil, is called in this generation when an
 	// upgrade that started a new generation fails, with the reason, so
