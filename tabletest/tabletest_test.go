@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -180,4 +181,22 @@ func TestUpgraderAddr(t *testing.T) {
 	if got := upg.Addr("tcp", "127.0.0.1:1"); got != nil {
 		t.Errorf("Addr of an address never asked for = %v, want nil", got)
 	}
+}
+
+// Interface has every method of *tableflip.Upgrader, its embedded Fds'
+// included: one added to the Upgrader must be added here (and to the
+// double) too.
+func TestInterfaceIsTheWholeMethodSet(t *testing.T) {
+	upgrader := reflect.TypeOf((*tableflip.Upgrader)(nil))
+	iface := reflect.TypeOf((*tabletest.Interface)(nil)).Elem()
+	for i := range upgrader.NumMethod() {
+		if name := upgrader.Method(i).Name; !hasMethod(iface, name) {
+			t.Errorf("tabletest.Interface lacks (*tableflip.Upgrader).%s", name)
+		}
+	}
+}
+
+func hasMethod(t reflect.Type, name string) bool {
+	_, ok := t.MethodByName(name)
+	return ok
 }
