@@ -416,8 +416,7 @@ func (u *Upgrader) run() {
 	for {
 		select {
 		case <-parentExited:
-			parentExited = nil
-			u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+			u.parentGone(&parentExited)
 
 		case reply := <-u.readyReqC:
 			if closed(u.stopC) {
@@ -525,8 +524,7 @@ func (u *Upgrader) refusal(ready bool, parentExited *<-chan struct{}) error {
 					ErrParentRunning, u.parent.pid)
 			}
 		}
-		*parentExited = nil
-		u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+		u.parentGone(parentExited)
 	case u.multiGeneration():
 		if older := u.gens.live(); len(older)+2 > u.opts.MaxGenerations {
 			pids := make([]string, len(older))
@@ -538,6 +536,12 @@ func (u *Upgrader) refusal(ready bool, parentExited *<-chan struct{}) error {
 		}
 	}
 	return nil
+}
+
+// parentGone records, in the run loop, that the parent has exited.
+func (u *Upgrader) parentGone(parentExited *<-chan struct{}) {
+	*parentExited = nil
+	u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
 }
 
 // multiGeneration reports whether upgrades may overlap older
