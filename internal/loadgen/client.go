@@ -20,9 +20,33 @@ type client interface {
 	close()
 }
 
-func clientFactory(u *url.URL, o Options) (func() client, error) {
+// heldConn is a client that holds one connection across requests and
+// can tell when the server ended it (ModeLongLived).
+type heldConn interface {
+	client
+	// endedIdle returns when and how the server ended the connection
+	// while no request was in flight on it, once, and forgets the
+	// connection; ok is false if it did not.
+	endedIdle() (at time.Time, err error, ok bool)
+	// endedByServer reports whether the last failed request failed
+	// because the server ended the connection.
+	endedByServer() bool
+}
+
+// clientFactory returns what makes the client numbered i of a load.
+func clientFactory(u *url.URL, o Options) (func(i int) client, error) {
 	dialer := &net.Dialer{Control: loopbackOnly}
 	switch o.Mode {
+	case ModeLine, ModeLongLived:
+		return func(i int) client {
+			return &lineClient{addr: u.Host, dialer: dialer, prefix: linePrefix(o.Body, i), timeout: o.Timeout, hold: o.Mode == ModeLongLived}
+		}, nil
+	case ModeDatagram:
+		return func(i int) client {
+			return &datagramClient{addr: u.Host, dialer: dialer, prefix: linePrefix(o.Body, i), timeout: o.Timeout}
+		}, nil
+	case ModeGRPC:
+		return grpcClientFactory(u, o, dialer)
 	case ModeKeepAlive, ModeNewConn:
 		var tc *tls.Config
 		if u.Scheme == "https" {
@@ -34,7 +58,7 @@ func clientFactory(u *url.URL, o Options) (func() client, error) {
 		}
 		keepAlive := o.Mode == ModeKeepAlive
 		req := rawRequest(u, o.Method, o.Body, keepAlive)
-		return func() client {
+		return func(int) client {
 			return &rawClient{
 				addr:      u.Host,
 				dialer:    dialer,
@@ -60,7 +84,7 @@ func clientFactory(u *url.URL, o Options) (func() client, error) {
 		hc := &http.Client{Transport: tr, Timeout: o.Timeout}
 		// One transport is shared by all clients of the load, as in a real
 		// program; close drops its idle connections.
-		return func() client {
+		return func(int) client {
 			return &goClient{hc: hc, tr: tr, url: u.String(), method: o.Method, body: o.Body, h2: o.Mode == ModeHTTP2}
 		}, nil
 	}
@@ -172,20 +196,12 @@ func (c *rawClient) exchange() (out Outcome, reuse bool, err error) {
 			return Malformed, false, err
 		}
 		// The parser may have seen a partial line as a whole one.
-		o := classify(c.wr.err, Truncated)
-		if o == EOF || o == Other {
-			o = Truncated
-		}
-		return o, false, c.wr.err
+		return cutShort(c.wr.err), false, c.wr.err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		o := classify(err, Truncated)
-		if o == EOF || o == Other {
-			o = Truncated
-		}
-		return o, false, err
+		return cutShort(err), false, err
 	}
 	reuse = c.keepAlive && !resp.Close
 	if resp.StatusCode >= 400 {
@@ -228,11 +244,7 @@ func (c *goClient) do(ctx context.Context) (Outcome, error) {
 	resp.Body.Close()
 	switch {
 	case err != nil:
-		o := classify(err, Truncated)
-		if o == EOF {
-			o = Truncated
-		}
-		return o, err
+		return cutShort(err), err
 	case c.h2 && resp.ProtoMajor != 2:
 		return Protocol, errors.New("answered with " + resp.Proto)
 	case resp.StatusCode >= 400:
