@@ -486,14 +486,14 @@ func (u *Upgrader) ready() error {
 		if err := writePIDFile(pidFile, os.Getpid()); err != nil {
 			return err
 		}
-		u.log.Info("tableflip: ready", "pid", os.Getpid())
+		u.log.Info("tableflip: ready", "generation", u.self.Generation)
 	} else {
 		// The parent writes the PID file, before it acknowledges.
 		grace := min(killGrace, u.opts.UpgradeTimeout)
 		if err := u.parent.ready(pidFile, u.stopC, grace); err != nil {
 			return err
 		}
-		u.log.Info("tableflip: ready; parent acknowledged", "parent_pid", u.parent.pid)
+		u.log.Info("tableflip: ready; parent acknowledged", "generation", u.self.Generation, "parent_pid", u.parent.pid)
 	}
 	// Only now that the parent stops serving is nobody left on the
 	// sockets this generation did not ask for: a stale socket file would
