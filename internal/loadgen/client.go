@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"time"
@@ -120,6 +121,10 @@ type rawClient struct {
 	conn net.Conn
 	wr   *watchReader
 	br   *bufio.Reader
+	// lastUse is when the connection's last response ended; idle how
+	// long it had been unused when the last request went out.
+	lastUse time.Time
+	idle    time.Duration
 }
 
 // watchReader remembers the first error of the reader under it, so that a
@@ -140,6 +145,10 @@ func (w *watchReader) Read(p []byte) (int, error) {
 func (c *rawClient) do(ctx context.Context) (Outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	c.idle = 0
+	if c.conn != nil {
+		c.idle = time.Since(c.lastUse)
+	}
 	if c.conn == nil {
 		conn, err := c.dialer.DialContext(ctx, "tcp", c.addr)
 		if err != nil {
@@ -173,11 +182,14 @@ func (c *rawClient) do(ctx context.Context) (Outcome, error) {
 	defer stop()
 
 	out, reuse, err := c.exchange()
+	c.lastUse = time.Now()
 	if out != OK || !reuse {
 		c.close()
 	}
 	return out, err
 }
+
+func (c *rawClient) lastIdle() time.Duration { return c.idle }
 
 // exchange writes one request and reads its response. reuse reports
 // whether the connection may carry another request.
@@ -219,8 +231,11 @@ func (c *rawClient) close() {
 
 // goClient is net/http's client, with its own connection pool and retries.
 type goClient struct {
-	hc     *http.Client
-	tr     *http.Transport
+	hc *http.Client
+	tr *http.Transport
+	// idle is how long the connection of the last request had been idle
+	// in the pool (httptrace), 0 for a new one.
+	idle   time.Duration
 	url    string
 	method string
 	body   []byte
@@ -232,6 +247,12 @@ func (c *goClient) do(ctx context.Context) (Outcome, error) {
 	if c.body != nil {
 		body = bytes.NewReader(c.body)
 	}
+	c.idle = 0
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if info.WasIdle {
+			c.idle = info.IdleTime
+		}
+	}})
 	req, err := http.NewRequestWithContext(ctx, c.method, c.url, body)
 	if err != nil {
 		return Other, err
@@ -254,3 +275,11 @@ func (c *goClient) do(ctx context.Context) (Outcome, error) {
 }
 
 func (c *goClient) close() { c.tr.CloseIdleConnections() }
+
+func (c *goClient) lastIdle() time.Duration { return c.idle }
+
+// idler is a client that reuses connections and can say how long the
+// connection of its last request had been idle before it.
+type idler interface {
+	lastIdle() time.Duration
+}

@@ -170,6 +170,12 @@ type Record struct {
 	// byte of the response, or to the failure.
 	Latency time.Duration
 	Outcome Outcome
+	// Idle is how long the request's connection had been idle when the
+	// request went out on it: 0 for a new connection, or in modes that
+	// do not reuse connections. A server that closes connections idle
+	// longer than some grace cannot help racing with a request sent
+	// after that long.
+	Idle time.Duration
 	// Ended reports, in ModeLongLived, that the server ended the
 	// connection with this record: either between two exchanges (Outcome
 	// Cut, with a zero Latency at the moment the client saw the end), or
@@ -392,12 +398,16 @@ func (l *Load) run(ctx context.Context, c client) []Record {
 			// Aborted by the end of the load, not by the server.
 			break
 		}
-		add(Record{
+		rec := Record{
 			Start:   start.Sub(l.started),
 			Latency: lat,
 			Outcome: out,
 			Ended:   held != nil && out != OK && held.endedByServer(),
-		}, err)
+		}
+		if i, ok := c.(idler); ok {
+			rec.Idle = i.lastIdle()
+		}
+		add(rec, err)
 		switch {
 		case out == Connect:
 			pause(ctx, connectPause)
