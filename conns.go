@@ -101,8 +101,9 @@ func connCountAddr(pid int) string {
 const canCountOthers = runtime.GOOS == "linux"
 
 // serveConnCount answers the newer generations' requests for this
-// generation's count, for the life of the process. It runs once this
-// generation has handed over.
+// generation's count, for the life of the process, from when this
+// generation has handed over: it listens before it returns, and serves on
+// a goroutine of its own.
 func (u *Upgrader) serveConnCount() {
 	if !canCountOthers {
 		return
@@ -112,6 +113,10 @@ func (u *Upgrader) serveConnCount() {
 		u.log.Warn("tableflip: can't tell newer generations how many connections this one holds", "error", err)
 		return
 	}
+	go u.answerConnCount(ln)
+}
+
+func (u *Upgrader) answerConnCount(ln net.Listener) {
 	euid := os.Geteuid()
 	for {
 		c, err := ln.Accept()

@@ -154,18 +154,26 @@ func socketInode(c syscall.Conn) string {
 }
 
 // fakeSystemd is a notify socket the test listens on. It receives each
-// sender's credentials, as systemd does to apply NotifyAccess=.
+// sender's credentials, as systemd does to apply NotifyAccess=, and, as
+// systemd does, answers a BARRIER=1 as soon as it has read what came
+// before, whether or not the test has looked at the messages yet.
 type fakeSystemd struct {
 	t    *testing.T
 	conn *net.UnixConn
 	addr string
+	msgs chan notifyMsg
 }
 
 type notifyMsg struct {
 	text  string
 	pid   int32
 	files []*os.File
+	err   error // reading failed; the socket is done
 }
+
+// sentinel is what none sends itself to know that it has seen every
+// message queued before.
+const sentinel = "TEST_SENTINEL=1"
 
 func listenNotify(t *testing.T) *fakeSystemd {
 	t.Helper()
@@ -174,63 +182,91 @@ func listenNotify(t *testing.T) *fakeSystemd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
 	rc, _ := conn.SyscallConn()
 	rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fakeSystemd{t: t, conn: conn, addr: addr}
+	s := &fakeSystemd{t: t, conn: conn, addr: addr, msgs: make(chan notifyMsg, 1000)}
+	go func() {
+		defer close(s.msgs)
+		for {
+			m := s.read()
+			if m.text == systemd.Barrier {
+				for _, f := range m.files {
+					f.Close()
+				}
+			}
+			s.msgs <- m
+			if m.err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		conn.Close()
+		for m := range s.msgs {
+			for _, f := range m.files {
+				f.Close()
+			}
+		}
+	})
+	return s
 }
 
 // next returns the next message. The deadline only bounds a failure:
 // every message the test waits for was sent before what it waited on.
 func (s *fakeSystemd) next() notifyMsg {
 	s.t.Helper()
-	m, err := s.read(time.Now().Add(time.Minute))
-	if err != nil {
-		s.t.Fatalf("notify socket: %v", err)
+	select {
+	case m := <-s.msgs:
+		if m.err != nil {
+			s.t.Fatalf("notify socket: %v", m.err)
+		}
+		for _, f := range m.files {
+			s.t.Cleanup(func() { f.Close() })
+		}
+		return m
+	case <-time.After(time.Minute):
+		s.t.Fatalf("no notify message within a minute")
 	}
-	return m
+	panic("not reached")
 }
 
-func (s *fakeSystemd) read(deadline time.Time) (notifyMsg, error) {
+func (s *fakeSystemd) read() notifyMsg {
 	buf := make([]byte, systemd.MaxMessageSize+1)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*systemd.MaxNotifyFds))
-	s.conn.SetReadDeadline(deadline)
 	n, oobn, flags, _, err := s.conn.ReadMsgUnix(buf, oob)
 	if err != nil {
-		return notifyMsg{}, err
+		return notifyMsg{err: err}
 	}
 	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		s.t.Fatalf("truncated message: flags %#x", flags)
+		return notifyMsg{err: fmt.Errorf("truncated message: flags %#x", flags)}
 	}
 	m := notifyMsg{text: string(buf[:n])}
 	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 	if err != nil {
-		s.t.Fatal(err)
+		return notifyMsg{err: err}
 	}
 	for i := range cmsgs {
 		switch cmsgs[i].Header.Type {
 		case unix.SCM_CREDENTIALS:
 			cred, err := unix.ParseUnixCredentials(&cmsgs[i])
 			if err != nil {
-				s.t.Fatal(err)
+				return notifyMsg{err: err}
 			}
 			m.pid = cred.Pid
 		case unix.SCM_RIGHTS:
 			fds, err := unix.ParseUnixRights(&cmsgs[i])
 			if err != nil {
-				s.t.Fatal(err)
+				return notifyMsg{err: err}
 			}
 			for _, fd := range fds {
-				f := os.NewFile(uintptr(fd), "stored")
-				s.t.Cleanup(func() { f.Close() })
-				m.files = append(m.files, f)
+				m.files = append(m.files, os.NewFile(uintptr(fd), "stored"))
 			}
 		}
 	}
-	return m, nil
+	return m
 }
 
 // expect reads the next message and checks its sender and text; the
@@ -251,10 +287,23 @@ func (s *fakeSystemd) expect(from int, pattern string) (notifyMsg, []string) {
 }
 
 // none checks that nothing more was sent. Messages are queued when they
-// are sent, so once the senders have exited an empty queue is final.
+// are sent, so once the senders have exited, what comes before a message
+// the test sends itself is all there is.
 func (s *fakeSystemd) none() {
 	s.t.Helper()
-	if m, err := s.read(time.Now()); err == nil {
+	c, err := net.Dial("unixgram", s.addr)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(sentinel)); err != nil {
+		s.t.Fatal(err)
+	}
+	for {
+		m := s.next()
+		if m.text == sentinel {
+			return
+		}
 		s.t.Errorf("unexpected notify message %q from pid %d", m.text, m.pid)
 	}
 }
@@ -446,6 +495,8 @@ func TestSystemdNotifySequence(t *testing.T) {
 	// 2s for the new generation, and 2s between SIGTERM and SIGKILL.
 	sd.expect(p1, q(fmt.Sprintf("EXTEND_TIMEOUT_USEC=4000000\nSTATUS=Upgrading: new generation (pid %d) is starting", p2)))
 	sd.expect(p1, q(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=Serving (pid %d); upgraded from pid %d", p2, p2, p1)))
+	// And it does not exit before systemd has taken that in.
+	sd.expect(p1, q(systemd.Barrier))
 
 	for _, tc := range []struct{ mode, failure string }{
 		{"exit1", "tableflip: new generation exited before it was ready (pid %s, exit status 1)"},
@@ -547,6 +598,7 @@ func TestSystemdFdStore(t *testing.T) {
 	sd.expect(p1, "RELOADING=1\n.*")
 	sd.expect(p1, "EXTEND_TIMEOUT_USEC=.*")
 	sd.expect(p1, q(fmt.Sprintf("MAINPID=%d\nREADY=1\n", p2))+".*")
+	sd.expect(p1, q(systemd.Barrier))
 	if tcp2 := stored(p2, tcpName, s.tcp); inode(t, tcp2) != inode(t, tcp1) {
 		t.Errorf("generation %d stored another TCP socket", p2)
 	}
@@ -564,6 +616,7 @@ func TestSystemdFdStore(t *testing.T) {
 	sd.expect(p2, "RELOADING=1\n.*")
 	sd.expect(p2, "EXTEND_TIMEOUT_USEC=.*")
 	sd.expect(p2, q(fmt.Sprintf("MAINPID=%d\nREADY=1\n", p3))+".*")
+	sd.expect(p2, q(systemd.Barrier))
 	m, _ := sd.expect(p3, q("FDSTOREREMOVE=1\nFDNAME="+udpName))
 	store.apply(t, m)
 	stored(p3, tcpName, s.tcp)
@@ -742,6 +795,9 @@ func TestSystemdBadInput(t *testing.T) {
 		s.waitEvent(pid, "exiting")
 		s.reap(pid)
 		s.pid = 0
+		// The last warning; the others were written before it (the old
+		// generation's before it exited), on the same pipe.
+		log.waitFor(t, `message=stopping `)
 		for _, what := range []string{"ready", "reloading", "extend timeout", "main pid", "stopping"} {
 			value := what
 			if strings.Contains(what, " ") {

@@ -326,7 +326,7 @@ func (u *Upgrader) successorPID() int {
 // generation drains from now on, and with DrainTimeout its deadline runs.
 func (u *Upgrader) handedOver() {
 	u.gens.handedOver(time.Now())
-	go u.serveConnCount()
+	u.serveConnCount()
 	if d := u.opts.DrainTimeout; d > 0 {
 		go u.enforceDrainDeadline(d)
 	}

@@ -3,8 +3,10 @@
 package tableflip
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -397,4 +399,45 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// TestLogAttributes: the library never logs a "pid" attribute of its own,
+// so that a program's logger.With("pid", os.Getpid()) stays the only one:
+// no record of an upgrade has the key twice.
+func TestLogAttributes(t *testing.T) {
+	var buf syncBuffer
+	logger := slog.New(slog.NewJSONHandler(&buf, nil)).With("pid", os.Getpid())
+	opts := Options{Logger: logger}
+	env, _ := inProcessEnv(t, opts, listenAndReady)
+	u := readyUpgrader(t, env, opts)
+	if err := u.Upgrade(); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) < 5 {
+		t.Fatalf("only %d records logged:\n%s", len(lines), buf.String())
+	}
+	for _, line := range lines {
+		if n := strings.Count(line, `"pid":`); n != 1 {
+			t.Errorf("record with %d \"pid\" keys, want the program's alone: %s", n, line)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer for several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

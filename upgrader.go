@@ -68,9 +68,11 @@ type Options struct {
 	// has ended) is left running; the next upgrade does not wait for
 	// it. With Systemd.FdStore set, a
 	// final Stop also writes the state, into a memfd in systemd's fd
-	// store that the next start reads with State (Linux only); a crash
-	// writes nothing, so the next start gets ErrNoState, or the last
-	// stored state if no start has consumed it yet: see SystemdOptions.
+	// store that the next start reads with State after a `systemctl
+	// restart` (Linux only; systemd releases the store on a `systemctl
+	// stop`); a crash writes nothing, so the next start gets ErrNoState,
+	// or the last stored state if no start has consumed it yet: see
+	// SystemdOptions.
 	WriteState func(w io.Writer) error
 	// OnUpgradeFailed, if not nil, is called in this generation when an
 	// upgrade that started a new generation fails, with the reason, so
@@ -414,8 +416,7 @@ func (u *Upgrader) run() {
 	for {
 		select {
 		case <-parentExited:
-			parentExited = nil
-			u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+			u.parentGone(&parentExited)
 
 		case reply := <-u.readyReqC:
 			if closed(u.stopC) {
@@ -485,14 +486,14 @@ func (u *Upgrader) ready() error {
 		if err := writePIDFile(pidFile, os.Getpid()); err != nil {
 			return err
 		}
-		u.log.Info("tableflip: ready", "pid", os.Getpid())
+		u.log.Info("tableflip: ready", "generation", u.self.Generation)
 	} else {
 		// The parent writes the PID file, before it acknowledges.
 		grace := min(killGrace, u.opts.UpgradeTimeout)
 		if err := u.parent.ready(pidFile, u.stopC, grace); err != nil {
 			return err
 		}
-		u.log.Info("tableflip: ready; parent acknowledged", "parent_pid", u.parent.pid)
+		u.log.Info("tableflip: ready; parent acknowledged", "generation", u.self.Generation, "parent_pid", u.parent.pid)
 	}
 	// Only now that the parent stops serving is nobody left on the
 	// sockets this generation did not ask for: a stale socket file would
@@ -523,8 +524,7 @@ func (u *Upgrader) refusal(ready bool, parentExited *<-chan struct{}) error {
 					ErrParentRunning, u.parent.pid)
 			}
 		}
-		*parentExited = nil
-		u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
+		u.parentGone(parentExited)
 	case u.multiGeneration():
 		if older := u.gens.live(); len(older)+2 > u.opts.MaxGenerations {
 			pids := make([]string, len(older))
@@ -536,6 +536,12 @@ func (u *Upgrader) refusal(ready bool, parentExited *<-chan struct{}) error {
 		}
 	}
 	return nil
+}
+
+// parentGone records, in the run loop, that the parent has exited.
+func (u *Upgrader) parentGone(parentExited *<-chan struct{}) {
+	*parentExited = nil
+	u.log.Info("tableflip: parent exited", "parent_pid", u.parent.pid)
 }
 
 // multiGeneration reports whether upgrades may overlap older

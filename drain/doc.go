@@ -22,7 +22,46 @@
 // in [Stats].
 //
 // [Listener] does the same for servers that are not HTTP: each accepted
-// [Conn] has a Context that is cancelled when the drain begins.
+// [Conn] has a Context that is cancelled when the drain begins. A line
+// protocol has no "Connection: close" to tell a client to go elsewhere,
+// so a connection closed the moment the drain begins loses the line its
+// client may be sending: serve on until the connection has been idle for
+// a grace period (the Listener example), and let the deadline cut
+// connections that stay busy.
+//
+// # Packet servers
+//
+// [PacketServer] does it for datagrams (UDP, unixgram). What an upgrade
+// can lose there differs from connections: the old and the new
+// generation hold the same socket (the Upgrader passes the socket
+// itself, not a twin bound with SO_REUSEPORT), and the kernel queues each
+// datagram once, for whichever process reads it first. So a datagram is
+// lost only
+//
+//   - if a generation reads it and stops (closes the socket, exits)
+//     before it has answered; stopping the reads with a read deadline
+//     does not help, as the handlers still running are cut when the
+//     process exits; or
+//   - if nobody reads the socket for so long that its receive queue
+//     fills: the kernel then drops what arrives (Linux counts those in
+//     RcvbufErrors, /proc/net/snmp).
+//
+// [PacketServer.Drain] stops reading without touching the queue, waits
+// until the handler of every datagram already read has returned (and so
+// answered), and only then closes this process's copy of the socket. The
+// old generation drains once the new one is ready, and a new generation
+// that starts Serve before Ready (as the Upgrader example does with its
+// listener) is reading by then: the old one stops reading only once the
+// new one reads, and what arrives between waits in the queue for it.
+// Starting Serve only after Ready instead means that a new generation
+// that fails before Ready has read, and lost, nothing, at the cost of a
+// short gap in which the queue must hold what arrives.
+//
+// Measured (the package's TestPacketUpgradeUnderLoad tests, 2 cores): a
+// UDP echo server with 4 readers and 1 ms of work per datagram, under 8
+// clients, upgraded 20 times, lost 0 datagrams, and its draining
+// generations answered about 70 that they had read; the same server
+// closing its socket when told to exit lost 12 to 16 in 5 upgrades.
 //
 // # Upgrades
 //

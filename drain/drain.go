@@ -21,8 +21,8 @@ import (
 // every upgrade by idle connections nobody is using.
 const DefaultIdleGrace = time.Second
 
-// Options configure a [Server] or a [Listener]. The zero value is ready
-// to use.
+// Options configure a [Server], a [Listener] or a [PacketServer]. The
+// zero value is ready to use.
 type Options struct {
 	// IdleGrace is how long an HTTP/1.x keep-alive connection must have
 	// been idle, counted from the later of its last response and the
@@ -30,7 +30,8 @@ type Options struct {
 	// request at least this often always gets a response carrying
 	// "Connection: close" instead of having its connection closed under
 	// it. Zero means DefaultIdleGrace; a negative value closes idle
-	// connections as soon as the drain begins. Listener ignores it.
+	// connections as soon as the drain begins. Listener and
+	// PacketServer ignore it.
 	IdleGrace time.Duration
 
 	// Logger receives one record when a drain starts and one when it
@@ -49,7 +50,9 @@ func (o Options) idleGrace() time.Duration {
 }
 
 // Stats reports what a drain did. Cut connections are the ones the
-// deadline ended; everything else finished on its own terms.
+// deadline ended; everything else finished on its own terms. For a
+// PacketServer, each datagram counts as a connection with one request:
+// see PacketServer.Drain.
 type Stats struct {
 	// Conns counts the connections open when the drain began plus those
 	// accepted while it ran.
@@ -87,8 +90,17 @@ var (
 	// NewListener or Server.Serve.
 	ErrNilListener = errors.New("drain: nil net.Listener")
 
-	// ErrNotServing is returned by Server.Drain before any call to Serve
-	// or ServeTLS: there is nothing to drain yet.
+	// ErrNilPacketConn is returned when PacketServer.Serve is given a
+	// nil net.PacketConn.
+	ErrNilPacketConn = errors.New("drain: nil net.PacketConn")
+
+	// ErrNilHandler is returned by PacketServer methods when
+	// NewPacketServer was given a nil PacketHandler.
+	ErrNilHandler = errors.New("drain: nil PacketHandler")
+
+	// ErrNotServing is returned by Server.Drain and PacketServer.Drain
+	// before any call to Serve (or ServeTLS): there is nothing to drain
+	// yet.
 	ErrNotServing = errors.New("drain: Drain called before Serve")
 
 	// ErrDrained is returned by a second call to Drain.

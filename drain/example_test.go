@@ -3,6 +3,7 @@ package drain_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -50,8 +51,11 @@ func ExampleServer() {
 	// serve: http: Server closed
 }
 
-// A line-echo server that finishes the line it is on when the drain
-// begins.
+// A line-echo server. Once the drain begins it serves each connection
+// until the connection has been idle for a grace period: a line protocol
+// cannot tell its client to go elsewhere, as HTTP's "Connection: close"
+// does, so closing a connection at once would lose a line that the
+// client is sending at that moment.
 func ExampleListener() {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -66,15 +70,18 @@ func ExampleListener() {
 			}
 			go func() {
 				defer c.Close()
-				// Wake the read below when the drain begins.
-				stop := context.AfterFunc(c.Context(), func() { c.SetReadDeadline(time.Now()) })
+				// From the drain on, a read waits at most grace.
+				const grace = time.Second
+				stop := context.AfterFunc(c.Context(), func() { c.SetReadDeadline(time.Now().Add(grace)) })
 				defer stop()
 				br := bufio.NewReader(c)
-				for c.Context().Err() == nil {
+				for {
 					line, err := br.ReadString('\n')
-					io.WriteString(c, line)
-					if err != nil {
+					if _, werr := io.WriteString(c, line); err != nil || werr != nil {
 						return
+					}
+					if c.Context().Err() != nil {
+						c.SetReadDeadline(time.Now().Add(grace))
 					}
 				}
 			}()
@@ -85,18 +92,65 @@ func ExampleListener() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer conn.Close()
+	br := bufio.NewReader(conn)
 	fmt.Fprintln(conn, "ping")
-	line, _ := bufio.NewReader(conn).ReadString('\n')
+	line, _ := br.ReadString('\n')
 	fmt.Print(line)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	stats, err := l.Drain(ctx)
-	fmt.Println("drain:", err, "conns:", stats.Conns, "cut:", stats.Cut())
+	drained := make(chan string)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stats, err := l.Drain(ctx)
+		drained <- fmt.Sprint("drain: ", err, ", conns: ", stats.Conns, ", cut: ", stats.Cut())
+	}()
+	<-l.Draining()
+	// A line sent as the drain begins is answered; the client's close
+	// ends the drain.
+	fmt.Fprintln(conn, "pong")
+	line, _ = br.ReadString('\n')
+	fmt.Print(line)
+	conn.Close()
+	fmt.Println(<-drained)
 	// Output:
 	// ping
-	// drain: <nil> conns: 1 cut: 0
+	// pong
+	// drain: <nil>, conns: 1, cut: 0
+}
+
+// A UDP echo server that answers every datagram it has read before it
+// stops.
+func ExamplePacketServer() {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := drain.NewPacketServer(func(conn net.PacketConn, p []byte, from net.Addr) {
+		conn.WriteTo(p, from)
+	}, drain.Options{})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(pc) }()
+
+	c, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("ping"))
+	buf := make([]byte, 64)
+	n, _ := c.Read(buf)
+	fmt.Println(string(buf[:n]))
+
+	// In a program: wait for SIGTERM, or for the Upgrader's Exit channel.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stats, err := srv.Drain(ctx)
+	fmt.Println("drain:", err, "cut:", stats.Cut())
+	fmt.Println("serve stopped:", errors.Is(<-served, net.ErrClosed))
+	// Output:
+	// ping
+	// drain: <nil> cut: 0
+	// serve stopped: true
 }
 
 // A program upgraded by tableflip's Upgrader: SIGHUP starts the next

@@ -33,6 +33,9 @@ const (
 	FdStoreRemove = "FDSTOREREMOVE=1"
 	// Watchdog resets the service's watchdog timer (WatchdogSec=).
 	Watchdog = "WATCHDOG=1"
+	// Barrier asks systemd to close the one fd sent with the message once
+	// it has processed every message before it; see [Notifier.Barrier].
+	Barrier = "BARRIER=1"
 )
 
 // Protocol limits, from systemd's sources.
@@ -232,6 +235,21 @@ func (n *Notifier) MainPIDReady(pid int, status string) error {
 	return n.Notify(withStatus(status, MainPID(pid), Ready)...)
 }
 
+// Barrier waits until systemd has processed every message sent before it
+// (sd_notify_barrier, systemd 246+), for at most timeout: it sends
+// BARRIER=1 with the write end of a pipe, which systemd closes once it has
+// handled what came before. A process whose last messages must take
+// effect before it exits (an old generation's MAINPID=, which must move
+// the main PID before systemd sees the old one exit) calls it before it
+// goes. It returns an error wrapping os.ErrDeadlineExceeded if systemd did
+// not answer in time.
+func (n *Notifier) Barrier(timeout time.Duration) error {
+	if n == nil {
+		return ErrNoSocket
+	}
+	return barrier(n, timeout)
+}
+
 // StoreFiles sends FDSTORE=1 with FDNAME=name and the files' descriptors:
 // systemd keeps duplicates in the unit's fd store and passes them back,
 // with this name in LISTEN_FDNAMES, to the next start of the service
@@ -300,7 +318,7 @@ func buildMessage(states []string, nfds int) ([]byte, error) {
 		if err := checkState(s); err != nil {
 			return nil, err
 		}
-		if s == FdStore {
+		if s == FdStore || s == Barrier {
 			store = true
 		}
 		size += len(s)
@@ -309,7 +327,7 @@ func buildMessage(states []string, nfds int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %d bytes, more than systemd reads (%d)", ErrInvalidState, size, MaxMessageSize)
 	}
 	if nfds > 0 && !store {
-		return nil, fmt.Errorf("%w: %d fds without %s: systemd would close them", ErrInvalidState, nfds, FdStore)
+		return nil, fmt.Errorf("%w: %d fds without %s or %s: systemd would close them", ErrInvalidState, nfds, FdStore, Barrier)
 	}
 	if nfds > MaxNotifyFds {
 		return nil, fmt.Errorf("%w: %d fds, more than one message can carry (%d)", ErrInvalidState, nfds, MaxNotifyFds)
@@ -381,9 +399,9 @@ func isDigits(s string) bool {
 
 // truncate keeps error messages readable when the input is huge.
 func truncate(s string) string {
-	const max = 64
-	if len(s) <= max {
+	const maxLen = 64
+	if len(s) <= maxLen {
 		return s
 	}
-	return s[:max] + "..."
+	return s[:maxLen] + "..."
 }

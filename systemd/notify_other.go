@@ -2,6 +2,8 @@
 
 package systemd
 
+import "time"
+
 func checkSocketAddr(socket string) error {
 	if socket == "" {
 		return ErrNoSocket
@@ -10,3 +12,5 @@ func checkSocketAddr(socket string) error {
 }
 
 func send(string, []byte, []int) error { return ErrNotSupported }
+
+func barrier(*Notifier, time.Duration) error { return ErrNotSupported }

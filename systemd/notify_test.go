@@ -366,3 +366,40 @@ func TestNotifyInvalid(t *testing.T) {
 	}
 	s.recv()
 }
+
+// TestNotifyBarrier: Barrier returns once the manager has closed the fd
+// that came with BARRIER=1, that is once it has handled what came before,
+// and says so when the manager does not answer in time.
+func TestNotifyBarrier(t *testing.T) {
+	s := listenNotify(t, "")
+	n := newTestNotifier(t, s)
+	if err := n.Notify(MainPID(4242), Ready); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Barrier(time.Minute) }()
+	if msg, _ := s.recv(); msg != "MAINPID=4242\nREADY=1" {
+		t.Fatalf("first message %q", msg)
+	}
+	msg, files := s.recv()
+	if msg != Barrier || len(files) != 1 {
+		t.Fatalf("barrier message %q with %d fds, want %q with one", msg, len(files), Barrier)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Barrier returned (%v) before the manager closed its fd", err)
+	default:
+	}
+	files[0].Close()
+	if err := <-done; err != nil {
+		t.Errorf("Barrier after the manager closed its fd: %v", err)
+	}
+
+	// A manager that holds on to the fd.
+	go func() { done <- n.Barrier(10 * time.Millisecond) }()
+	_, files = s.recv()
+	if err := <-done; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Barrier that the manager never answers: %v, want a deadline error", err)
+	}
+	files[0].Close()
+}

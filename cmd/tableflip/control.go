@@ -123,6 +123,12 @@ func controlCommand(cmd string, args []string, stdout, stderr io.Writer) int {
 	}
 	if !resp.OK {
 		fmt.Fprintf(stderr, "tableflip %s: %s\n", cmd, describeControlError(resp.Error))
+		if resp.Error != nil && resp.Error.Reason == tableflip.ReasonTooMany {
+			// The refusal does not say how many; the status does.
+			if st, err := tableflip.ControlCall(ctx, cfg.socket, tableflip.ControlStatus); err == nil && st.OK && st.Status != nil {
+				fmt.Fprintf(stderr, "  alive now: %s\n", describeGenerations(st.Status))
+			}
+		}
 		return exitFailed
 	}
 	if cfg.jsonOut {
@@ -139,6 +145,37 @@ func controlCommand(cmd string, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// describeGenerations lists the live generations of st, oldest first.
+func describeGenerations(st *tableflip.Stats) string {
+	var gens []string
+	for _, g := range st.Generations {
+		role := "serving"
+		if !g.DrainingSince.IsZero() {
+			role = "draining"
+		}
+		gens = append(gens, fmt.Sprintf("generation %d (pid %d, %s)", g.Generation, g.PID, role))
+	}
+	return plural(len(gens), "generation", "generations") + ": " + strings.Join(gens, ", ")
+}
+
+// fmtAge says how old something is, to the second from a second on:
+// "350ms", "42s", "3m05s", "2h07m", "3d04h".
+func fmtAge(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s" // clocks of two processes
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
 // describeControlError says what went wrong, for people.
 func describeControlError(e *tableflip.ControlError) string {
 	var what string
@@ -148,13 +185,15 @@ func describeControlError(e *tableflip.ControlError) string {
 	case tableflip.ReasonInProgress:
 		what = "refused: another upgrade is running"
 	case tableflip.ReasonParentRunning:
-		what = "refused: the previous generation has not exited yet"
+		what = "refused: the previous generation has not exited yet; ask again once it has drained," +
+			" or let upgrades overlap a drain (tableflip.Options.MaxGenerations above 1) and bound drains (Options.DrainTimeout)"
 	case tableflip.ReasonStopped:
 		what = "refused: the server is stopping"
 	case tableflip.ReasonUpgraded:
 		what = "refused: this generation was just replaced; ask again"
 	case tableflip.ReasonTooMany:
-		what = "refused: as many generations as allowed are alive; ask again once one has drained"
+		what = "refused: as many generations as tableflip.Options.MaxGenerations allows are alive; ask again once one has drained" +
+			" (Options.DrainTimeout bounds how long that takes)"
 	case tableflip.ReasonNotSupported:
 		what = "not supported on the server's platform"
 	case tableflip.ReasonTimeout:
@@ -201,7 +240,7 @@ func writeStatus(w io.Writer, st *tableflip.Stats, now time.Time) {
 		}
 		fmt.Fprintf(w, "parent pid    %d (%s)\n", st.ParentPID, state)
 	}
-	fmt.Fprintf(w, "started       %s (%s ago)\n", st.Started.Format(time.RFC3339), fmtDur(now.Sub(st.Started).Round(time.Second)))
+	fmt.Fprintf(w, "started       %s (%s ago)\n", st.Started.Format(time.RFC3339), fmtAge(now.Sub(st.Started)))
 	fmt.Fprintf(w, "ready         %s\n", yes(st.Ready))
 	if st.Upgrading {
 		fmt.Fprintln(w, "upgrading     yes")
@@ -224,9 +263,9 @@ func writeStatus(w io.Writer, st *tableflip.Stats, now time.Time) {
 			}
 			role := "serving"
 			if !g.DrainingSince.IsZero() {
-				role = "draining for " + fmtDur(now.Sub(g.DrainingSince).Round(time.Second))
+				role = "draining for " + fmtAge(now.Sub(g.DrainingSince))
 			}
-			fmt.Fprintf(w, "  pid %-8d generation %-4d age %-8s %-10s %s\n", g.PID, g.Generation, fmtDur(time.Duration(g.AgeSeconds*float64(time.Second)).Round(time.Second)), conns, role)
+			fmt.Fprintf(w, "  pid %-8d generation %-4d age %-8s %-10s %s\n", g.PID, g.Generation, fmtAge(time.Duration(g.AgeSeconds*float64(time.Second))), conns, role)
 		}
 	}
 }

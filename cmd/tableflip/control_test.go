@@ -118,6 +118,13 @@ func TestUpgradeAndStatusCommands(t *testing.T) {
 // fakeControl answers every connection on a new socket with answer.
 func fakeControl(t *testing.T, answer string) string {
 	t.Helper()
+	return fakeControlBy(t, func(string) string { return answer })
+}
+
+// fakeControlBy answers each request with what answer says for its
+// command.
+func fakeControlBy(t *testing.T, answer func(cmd string) string) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "ctl.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -130,8 +137,10 @@ func fakeControl(t *testing.T, answer string) string {
 			if err != nil {
 				return
 			}
-			bufio.NewReader(c).ReadString('\n')
-			c.Write([]byte(answer + "\n"))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			var req tableflip.ControlRequest
+			json.Unmarshal([]byte(line), &req)
+			c.Write([]byte(answer(req.Cmd) + "\n"))
 			c.Close()
 		}
 	}()
@@ -154,7 +163,9 @@ func TestUpgradeCommandFailures(t *testing.T) {
 		{"in progress", `{"v":1,"ok":false,"error":{"reason":"in_progress","message":"tableflip: an upgrade is already in progress"}}`,
 			exitFailed, []string{"another upgrade is running [in_progress]", "already in progress"}},
 		{"at the cap", `{"v":1,"ok":false,"error":{"reason":"too_many_generations","message":"tableflip: too many generations alive"}}`,
-			exitFailed, []string{"as many generations as allowed are alive; ask again once one has drained [too_many_generations]"}},
+			exitFailed, []string{"as many generations as tableflip.Options.MaxGenerations allows are alive; ask again once one has drained (Options.DrainTimeout bounds how long that takes) [too_many_generations]"}},
+		{"parent running", `{"v":1,"ok":false,"error":{"reason":"parent_running","message":"tableflip: the previous generation has not exited yet"}}`,
+			exitFailed, []string{"ask again once it has drained, or let upgrades overlap a drain (tableflip.Options.MaxGenerations above 1) and bound drains (Options.DrainTimeout) [parent_running]"}},
 		{"garbage", `not json`, exitServer, []string{"malformed answer"}},
 	} {
 		sock := fakeControl(t, tc.answer)
@@ -191,6 +202,51 @@ func TestUpgradeCommandFailures(t *testing.T) {
 	}
 }
 
+// A refusal at the generation cap says which generations are alive.
+func TestUpgradeAtTheCapListsGenerations(t *testing.T) {
+	sock := fakeControlBy(t, func(cmd string) string {
+		if cmd == tableflip.ControlStatus {
+			return `{"v":1,"ok":true,"status":{"pid":10,"generation":3,"started":"2026-01-02T03:04:05Z","ready":true,` +
+				`"generations":[{"pid":8,"generation":1,"draining_since":"2026-01-02T03:04:05Z","conns":1},` +
+				`{"pid":9,"generation":2,"draining_since":"2026-01-02T03:04:05Z","conns":1},{"pid":10,"generation":3,"conns":2}]}}`
+		}
+		return `{"v":1,"ok":false,"error":{"reason":"too_many_generations","message":"tableflip: too many generations alive"}}`
+	})
+	code, _, errOut := runCmd("upgrade", "-socket", sock)
+	want := "alive now: 3 generations: generation 1 (pid 8, draining), generation 2 (pid 9, draining), generation 3 (pid 10, serving)"
+	if code != exitFailed || !strings.Contains(errOut, want) {
+		t.Errorf("exit %d, stderr %q; want %d and %q", code, errOut, exitFailed, want)
+	}
+}
+
+func TestFmtAge(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		-time.Second:                          "0s",
+		0:                                     "0ms",
+		350 * time.Millisecond:                "350ms",
+		time.Second:                           "1s",
+		59*time.Second + 999*time.Millisecond: "59s",
+		3*time.Minute + 5*time.Second:         "3m05s",
+		2*time.Hour + 7*time.Minute + 59*time.Second: "2h07m",
+		76 * time.Hour: "3d04h",
+	} {
+		if got := fmtAge(d); got != want {
+			t.Errorf("fmtAge(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// status prints how long ago the server started, which the generation's
+// clock and the command's agree on.
+func TestStatusStartedAgo(t *testing.T) {
+	var b bytes.Buffer
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	writeStatus(&b, &tableflip.Stats{PID: 1, Generation: 1, Started: now.Add(-90 * time.Second)}, now)
+	if want := "started       2026-01-02T03:02:35Z (1m30s ago)\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("status:\n%s\nwant %q", b.String(), want)
+	}
+}
+
 func TestStatusText(t *testing.T) {
 	answer := `{"v":1,"ok":true,"status":{"pid":10,"generation":3,"parent_pid":9,"started":"2026-01-02T03:04:05Z","ready":true,` +
 		`"upgrading":false,"exiting":false,"upgrades_attempted":2,"upgrades_succeeded":1,"upgrades_failed":1,` +
@@ -203,8 +259,8 @@ func TestStatusText(t *testing.T) {
 		"started       2026-01-02T03:04:05Z (", "ready         yes\n",
 		"upgrades      2 attempted, 1 succeeded, 1 failed\n",
 		"last failure  2026-01-02T03:05:00Z: failed: the new generation exited before it was ready (pid 11, exit status 2) [child_exited]\n              boom\n",
-		"generations   (oldest first)\n  pid 9        generation 2    age 125.00s  7 conns    draining for ",
-		"  pid 10       generation 3    age 65.00s   conns ?    serving\n",
+		"generations   (oldest first)\n  pid 9        generation 2    age 2m05s    7 conns    draining for ",
+		"  pid 10       generation 3    age 1m05s    conns ?    serving\n",
 	} {
 		if code != exitOK || !strings.Contains(out, want) {
 			t.Errorf("status: exit %d, output:\n%s%s\nwant %q", code, out, errOut, want)

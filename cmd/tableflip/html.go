@@ -47,7 +47,7 @@ svg text{font:11px system-ui,sans-serif;fill:#444}
 <h2>Timeline</h2>
 `, html.EscapeString(r.Server), verdictClass, html.EscapeString(r.Verdict))
 	writeTimeline(b, r)
-	fmt.Fprintf(b, `<p class="legend"><span><i class="sw" style="background:#1f77b4"></i>median latency</span><span><i class="sw" style="background:#ff7f0e"></i>p99 latency</span><span><i class="sw" style="background:#bbb"></i>max latency</span><span><i class="sw" style="background:#d62728"></i>failed requests</span><span><i class="sw" style="background:#fff2b3"></i>upgrade (signal to old generation's exit)</span><span><i class="sw" style="background:#2ca02c"></i>new generation ready</span></p>
+	fmt.Fprintf(b, `<p class="legend"><span><i class="sw" style="background:#1f77b4"></i>median latency</span><span><i class="sw" style="background:#ff7f0e"></i>p99 latency</span><span><i class="sw" style="background:#bbb"></i>max latency</span><span><i class="sw" style="background:#d62728"></i>failed requests</span><span><i class="sw" style="background:#9467bd"></i>long-lived connections cut by a draining generation</span><span><i class="sw" style="background:#fff2b3"></i>upgrade (signal to old generation's exit)</span><span><i class="sw" style="background:#2ca02c"></i>new generation ready</span></p>
 <p>Each column is one slice of time; latencies are of the successful requests in it, on a logarithmic scale.</p>
 <h2>Report</h2>
 <pre>%s</pre>
@@ -59,6 +59,7 @@ svg text{font:11px system-ui,sans-serif;fill:#444}
 type bucket struct {
 	lat    []time.Duration
 	failed int
+	cut    int
 }
 
 func writeTimeline(b *bytes.Buffer, r *report) {
@@ -85,8 +86,12 @@ func writeTimeline(b *bytes.Buffer, r *report) {
 		off := res.Started.Sub(r.epoch)
 		for _, rec := range res.Records {
 			bk := &buckets[idx(off+rec.Start)]
-			if rec.Outcome != loadgen.OK {
+			switch kind, _ := r.classify(off, rec); kind {
+			case failed:
 				bk.failed++
+				continue
+			case cut:
+				bk.cut++
 				continue
 			}
 			bk.lat = append(bk.lat, rec.Latency)
@@ -95,7 +100,7 @@ func writeTimeline(b *bytes.Buffer, r *report) {
 	}
 	maxFailed := 0
 	for _, bk := range buckets {
-		maxFailed = max(maxFailed, bk.failed)
+		maxFailed = max(maxFailed, bk.failed+bk.cut)
 	}
 	// Latency axis: decades from 10µs up to the one above the maximum.
 	lo := 10 * time.Microsecond
@@ -162,14 +167,22 @@ func writeTimeline(b *bytes.Buffer, r *report) {
 	}{{pmax.String(), "#bbb"}, {p99.String(), "#ff7f0e"}, {p50.String(), "#1f77b4"}} {
 		fmt.Fprintf(b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="1.2"/>`+"\n", l.pts, l.color)
 	}
-	// Failures.
+	// Failures, and cuts stacked on them.
 	for i, bk := range buckets {
-		if bk.failed == 0 {
-			continue
+		bottom := failTop + failH
+		for _, bar := range []struct {
+			n     int
+			color string
+			what  string
+		}{{bk.failed, "#d62728", "failed"}, {bk.cut, "#9467bd", "cut by the drain"}} {
+			if bar.n == 0 {
+				continue
+			}
+			h := max(2, float64(bar.n)/float64(maxFailed)*failH)
+			bottom -= h
+			fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%d %s</title></rect>`+"\n",
+				left+float64(i)*width/n, bottom, max(1, width/n), h, bar.color, bar.n, bar.what)
 		}
-		h := max(2, float64(bk.failed)/float64(maxFailed)*failH)
-		fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#d62728"><title>%d failed</title></rect>`+"\n",
-			left+float64(i)*width/n, failTop+failH-h, max(1, width/n), h, bk.failed)
 	}
 	b.WriteString("</svg>\n")
 }

@@ -17,10 +17,14 @@
 //
 // check starts the server, puts it under load on loopback, upgrades it a
 // number of times, and reports what the clients saw: requests sent and
-// failed (by kind of failure), upgrade-to-ready latency, how long each old
-// generation took to exit, request latency in steady state and during
-// upgrades, fds and memory of the first and last generation, and processes
-// left behind. Run "tableflip check -h" for the flags.
+// failed (by kind of failure), long-lived connections that draining
+// generations cut, upgrade-to-ready latency, how long each old generation
+// took to exit, request latency in steady state and during upgrades, fds
+// (connections apart) and memory of the first and last generation, and
+// processes left behind. It loads HTTP servers (http://, https://, and
+// gRPC calls), line protocols over TCP (tcp://: each exchange sends a line
+// and reads it back) and datagram servers (udp://). Run "tableflip check
+// -h" for the flags.
 //
 // # Exit status
 //

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -41,6 +42,14 @@ var helpers = map[string]func(addr, pidFile string) int{
 
 var usedHelpers = map[string]bool{}
 
+// registerHelper adds a helper server, from the file whose tests use it.
+func registerHelper(name string, fn func(addr, pidFile string) int) {
+	if _, dup := helpers[name]; dup {
+		panic("helper server " + name + " registered twice")
+	}
+	helpers[name] = fn
+}
+
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && isRunCommand(os.Args[1]) {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -53,6 +62,10 @@ func TestMain(m *testing.M) {
 		// binary, as the sample server.
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
+	// Under the race detector a process lingers a second at exit by
+	// default, and the check waits for each old generation's exit.
+	// Races are still reported, in the server's output (runCheckCmd).
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	code := m.Run()
 	if code == 0 && flag.Lookup("test.run").Value.String() == "" {
 		for name := range helpers {
@@ -65,27 +78,48 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// helperServer returns the arguments that run helper name as a server,
-// with the URL it serves and its PID file.
+// helperServer returns the arguments that run helper name as an HTTP
+// server, with the URL it serves and its PID file.
 func helperServer(t *testing.T, name string) (args []string, url, pidFile string) {
+	t.Helper()
+	return helperServerOn(t, name, "http")
+}
+
+// helperServerOn is helperServer for a server of scheme: http, tcp or
+// udp (see loadgen.Options.URL).
+func helperServerOn(t *testing.T, name, scheme string) (args []string, url, pidFile string) {
 	t.Helper()
 	usedHelpers[name] = true
 	t.Setenv(helperEnv, name)
 	// The port is chosen here because -url must be known before the
 	// server starts; another process could take it meanwhile, which on
 	// a test machine it does not.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var addr string
+	if scheme == "udp" {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = pc.LocalAddr().String()
+		pc.Close()
+	} else {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().String()
+		ln.Close()
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	url = scheme + "://" + addr
+	if scheme == "http" {
+		url += "/"
+	}
 	pidFile = filepath.Join(t.TempDir(), "server.pid")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []string{"-url", "http://" + addr + "/", "-pidfile", pidFile, "--", exe, addr, pidFile}, "http://" + addr + "/", pidFile
+	return []string{"-url", url, "-pidfile", pidFile, "--", exe, addr, pidFile}, url, pidFile
 }
 
 func writePID(pidFile string) error {
@@ -130,59 +164,75 @@ func helperZombie(addr, pidFile string) int {
 // It closes the connection of every dropEvery-th request without an
 // answer (never, if 0) and calls exit once its successor is ready.
 func upgradingServer(addr, pidFile string, dropEvery int64, exit func()) int {
-	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile})
+	return helperGeneration(pidFile, 10*time.Second, func(upg *tableflip.Upgrader, _ int) (func(context.Context), error) {
+		ln, err := upg.Listen("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		var n atomic.Int64
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					for {
+						req, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						io.Copy(io.Discard, req.Body)
+						if dropEvery > 0 && n.Add(1)%dropEvery == 0 {
+							return
+						}
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+					}
+				}()
+			}
+		}()
+		return func(context.Context) {
+			exit()
+			ln.Close()
+		}, nil
+	})
+}
+
+// helperGeneration runs a generation on the Upgrader, set up as the
+// README shows: SIGHUP upgrades, SIGTERM stops. It calls start with the
+// generation's number before Ready, and once it is told to exit, drain
+// with a deadline of drainTimeout. It says on standard error when it is
+// ready, for -log.
+func helperGeneration(pidFile string, drainTimeout time.Duration, start func(upg *tableflip.Upgrader, gen int) (drain func(context.Context), err error)) int {
+	stopped, unnotify := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer unnotify()
+	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile, UpgradeSignal: syscall.SIGHUP})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer upg.Stop()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
 	go func() {
-		for sig := range sigs {
-			if sig == syscall.SIGTERM {
-				upg.Stop()
-				return
-			}
-			upg.Upgrade()
-		}
+		<-stopped.Done()
+		upg.Stop()
 	}()
-	ln, err := upg.Listen("tcp", addr)
+	gen := int(upg.Generation().Generation)
+	stop, err := start(upg, gen)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	var n atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					if dropEvery > 0 && n.Add(1)%dropEvery == 0 {
-						return
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-				}
-			}()
-		}
-	}()
 	if err := upg.Ready(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	fmt.Fprintf(os.Stderr, "generation %d (pid %d) ready\n", gen, os.Getpid())
 	<-upg.Exit()
-	exit()
-	ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	stop(ctx)
 	return 0
 }
 
@@ -223,14 +273,23 @@ func helperNoHandler(addr, pidFile string) int {
 }
 
 // runCheckCmd runs "tableflip check args…" in this process and checks
-// that nothing it started is left.
+// that nothing it started is left, and that the server's output (kept
+// with -log unless args say where) reports no race and no panic.
 func runCheckCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	logFile := ""
+	if !slices.Contains(args, "-log") {
+		logFile = filepath.Join(t.TempDir(), "server.log")
+		args = append([]string{"-log", logFile}, args...)
+	}
 	var out, errb bytes.Buffer
 	code = run(append([]string{"check"}, args...), &out, &errb)
 	t.Logf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	if left := descendants(os.Getpid()); len(left) > 0 {
 		t.Errorf("processes left behind: %+v", left)
+	}
+	if b, err := os.ReadFile(logFile); err == nil && (bytes.Contains(b, []byte("DATA RACE")) || bytes.Contains(b, []byte("panic:"))) {
+		t.Errorf("the server failed:\n%s", b)
 	}
 	return code, out.String(), errb.String()
 }
@@ -360,7 +419,7 @@ func TestCheckBrokenServers(t *testing.T) {
 		flags  []string
 		want   []string
 	}{
-		{"never-ready", []string{"-start-timeout", "100ms"}, []string{"did not write its PID file", "starting, slowly"}},
+		{"never-ready", []string{"-start-timeout", "2s"}, []string{"did not write its PID file", "starting, slowly"}},
 		{"exit", nil, []string{"exited at once (exit status 7) without writing its PID file", "boom: config file missing"}},
 		{"ignore-hup", []string{"-upgrade-timeout", "100ms"}, []string{"ignores the signal"}},
 		{"no-handler", nil, []string{"was killed by SIGHUP: the server does not handle that signal"}},

@@ -76,21 +76,28 @@ func (t *procTable) loop() {
 }
 
 func (t *procTable) reap() {
-	for {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil || pid <= 0 {
-			return
-		}
-		t.mu.Lock()
-		t.exits[pid] = exitInfo{at: time.Now(), status: ws}
-		close(t.changed)
-		t.changed = make(chan struct{})
-		t.mu.Unlock()
+	for t.reapOne() {
 	}
+}
+
+// reapOne reaps one child that has ended, if any. It holds mu from the
+// wait to the record, so that whoever sees under mu that a child of ours
+// is gone also sees its exit.
+func (t *procTable) reapOne() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var ws unix.WaitStatus
+	pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+	if errors.Is(err, unix.EINTR) {
+		return true
+	}
+	if err != nil || pid <= 0 {
+		return false
+	}
+	t.exits[pid] = exitInfo{at: time.Now(), status: ws}
+	close(t.changed)
+	t.changed = make(chan struct{})
+	return true
 }
 
 // close stops reaping; call it after every child is gone.
@@ -137,14 +144,15 @@ func (t *procTable) reaped(pid int) (exitInfo, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	for {
-		changed := t.changedChan()
-		if e, ok := t.exit(pid); ok {
-			return e, true
-		}
-		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
-			// Reaped just now by the loop, or by another parent, which
-			// leaves no status to us.
-			return t.exit(pid)
+		t.mu.Lock()
+		changed := t.changed
+		e, ok := t.exits[pid]
+		// Under mu: gone and not recorded means another parent reaped
+		// it, which leaves no status to us.
+		gone := !ok && errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+		t.mu.Unlock()
+		if ok || gone {
+			return e, ok
 		}
 		select {
 		case <-changed:

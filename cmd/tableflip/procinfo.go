@@ -15,16 +15,175 @@ import (
 // says "n/a".
 func haveProc() bool { return runtime.GOOS == "linux" }
 
-// fdCount returns the number of open fds of pid.
-func fdCount(pid int) (n int, ok bool) {
+// fdCount returns the number of open fds of pid, and how many of them
+// are connections: TCP sockets other than listeners, and connected UDP
+// sockets, which come and go with the clients and peers of a server.
+// A socket that the kernel no longer lists once the fds have been read
+// was closed meanwhile, and is not counted at all: under a load of new
+// connections, many are.
+func fdCount(pid int) (fds, conns int, ok bool) {
 	if !haveProc() {
-		return 0, false
+		return 0, 0, false
 	}
-	ents, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "fd"))
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	ents, err := os.ReadDir(dir)
 	if err != nil {
+		return 0, 0, false
+	}
+	var sockets []string
+	for _, e := range ents {
+		l, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		fds++
+		if inode, ok := strings.CutPrefix(l, "socket:["); ok {
+			sockets = append(sockets, strings.TrimSuffix(inode, "]"))
+		}
+	}
+	if len(sockets) == 0 {
+		return fds, 0, true
+	}
+	table := socketTable()
+	for _, inode := range sockets {
+		switch kind, listed := table[inode]; {
+		case !listed:
+			fds--
+		case kind == connection:
+			conns++
+		}
+	}
+	return fds, conns, true
+}
+
+type socketKind int
+
+const (
+	other      socketKind = iota // listener, unconnected datagram socket, Unix socket, …
+	connection                   // TCP but a listener; connected UDP
+)
+
+// socketTable returns the kind of every socket the kernel lists, by
+// inode.
+func socketTable() map[string]socketKind {
+	out := map[string]socketKind{}
+	for _, t := range []struct {
+		file  string
+		inode int // field
+		kind  func(state string) socketKind
+	}{
+		{"tcp", 9, tcpKind}, {"tcp6", 9, tcpKind},
+		{"udp", 9, udpKind}, {"udp6", 9, udpKind},
+		{"udplite", 9, udpKind}, {"udplite6", 9, udpKind},
+		{"raw", 9, nil}, {"raw6", 9, nil},
+		{"unix", 6, nil}, {"netlink", 9, nil}, {"packet", 8, nil},
+	} {
+		b, err := os.ReadFile(filepath.Join("/proc/net", t.file))
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(string(b), "\n")
+		for _, line := range lines[min(1, len(lines)):] { // a header first
+			f := strings.Fields(line)
+			if len(f) <= t.inode {
+				continue
+			}
+			kind := other
+			if t.kind != nil {
+				// sl local rem st …: the state is the fourth field.
+				kind = t.kind(f[3])
+			}
+			out[f[t.inode]] = kind
+		}
+	}
+	return out
+}
+
+func tcpKind(state string) socketKind {
+	if state == "0A" { // LISTEN
+		return other
+	}
+	return connection
+}
+
+func udpKind(state string) socketKind {
+	if state == "01" { // ESTABLISHED: connected
+		return connection
+	}
+	return other
+}
+
+// children returns the pids of pid's children.
+func children(pid int) []int {
+	if !haveProc() {
+		return nil
+	}
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, t := range tasks {
+		// Each thread lists the children it forked.
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "children"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// newGenWatch looks for the new generation that an old one starts when
+// told to upgrade: a child that was not there before the signal, running
+// the old one's command line (the Upgrader starts the same program
+// again). Its parent reaps it, not the check, even as a subreaper, which
+// hears only of orphans; so its end is seen by looking.
+type newGenWatch struct {
+	parent int
+	cmd    string
+	before map[int]bool
+	seen   map[int]bool
+}
+
+func watchNewGeneration(parent int) *newGenWatch {
+	w := &newGenWatch{parent: parent, before: map[int]bool{}, seen: map[int]bool{}}
+	if st, ok := readProcStat(parent); ok {
+		w.cmd = st.Cmd
+	}
+	for _, p := range children(parent) {
+		w.before[p] = true
+	}
+	return w
+}
+
+// ended returns a new generation that was seen running and is gone.
+func (w *newGenWatch) ended(alive func(pid int) bool) (pid int, ok bool) {
+	if w.cmd == "" {
 		return 0, false
 	}
-	return len(ents), true
+	for _, p := range children(w.parent) {
+		if w.before[p] || w.seen[p] {
+			continue
+		}
+		// A child that has not exec'd yet, or never will (the race
+		// detector's runtime clones helpers), shows the parent's
+		// command line too.
+		if st, ok := readProcStat(p); ok && st.Cmd == w.cmd && !st.forkNoExec {
+			w.seen[p] = true
+		}
+	}
+	for p := range w.seen {
+		if !alive(p) {
+			return p, true
+		}
+	}
+	return 0, false
 }
 
 // rssKiB returns the resident set size of pid in KiB.
@@ -57,7 +216,13 @@ type procStat struct {
 	PPID  int    `json:"ppid"`
 	State string `json:"state"` // R, S, Z, …
 	Cmd   string `json:"cmd"`
+
+	forkNoExec bool // forked and not exec'd (PF_FORKNOEXEC)
 }
+
+// pfForkNoExec is the kernel's PF_FORKNOEXEC flag, in the flags field of
+// /proc/PID/stat: set at fork, cleared by exec.
+const pfForkNoExec = 0x40
 
 func readProcStat(pid int) (procStat, bool) {
 	if !haveProc() {
@@ -73,15 +238,20 @@ func readProcStat(pid int) (procStat, bool) {
 	if i < 0 {
 		return procStat{}, false
 	}
+	// state ppid pgrp session tty_nr tpgid flags …
 	fields := strings.Fields(string(b[i+1:]))
-	if len(fields) < 2 {
+	if len(fields) < 7 {
 		return procStat{}, false
 	}
 	ppid, err := strconv.Atoi(fields[1])
 	if err != nil {
 		return procStat{}, false
 	}
-	st := procStat{PID: pid, PPID: ppid, State: fields[0]}
+	flags, err := strconv.ParseUint(fields[6], 10, 64)
+	if err != nil {
+		return procStat{}, false
+	}
+	st := procStat{PID: pid, PPID: ppid, State: fields[0], forkNoExec: flags&pfForkNoExec != 0}
 	if j := bytes.IndexByte(b, '('); j >= 0 && j < i {
 		st.Cmd = string(b[j+1 : i])
 	}

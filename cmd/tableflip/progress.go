@@ -26,6 +26,7 @@ type progress struct {
 type progressState struct {
 	upgrades, wanted int
 	requests, failed int64
+	ended            int64 // long-lived connections the server ended
 	gen, pid         int
 }
 
@@ -34,8 +35,12 @@ func (s progressState) String() string {
 	if s.wanted > 0 {
 		want = fmt.Sprintf("/%d", s.wanted)
 	}
-	return fmt.Sprintf("upgrades %d%s  requests %d  failed %d  generation %d (pid %d)",
-		s.upgrades, want, s.requests, s.failed, s.gen, s.pid)
+	ended := ""
+	if s.ended > 0 {
+		ended = fmt.Sprintf("  connections ended by the server %d", s.ended)
+	}
+	return fmt.Sprintf("upgrades %d%s  requests %d  failed %d%s  generation %d (pid %d)",
+		s.upgrades, want, s.requests, s.failed, ended, s.gen, s.pid)
 }
 
 func isTerminal(w io.Writer) bool {

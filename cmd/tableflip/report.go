@@ -21,6 +21,9 @@ type report struct {
 	Requests       int               `json:"requests"`
 	Failed         int               `json:"failed"`
 	Failures       map[string]int    `json:"failures"`
+	Cut            int               `json:"cut"`
+	CutInFlight    int               `json:"cut_in_flight"`
+	CutAfterReady  spread            `json:"cut_after_ready"`
 	Examples       map[string]string `json:"failure_examples,omitempty"`
 	Modes          []modeReport      `json:"modes"`
 	UpgradesWanted int               `json:"upgrades_wanted,omitempty"`
@@ -31,8 +34,11 @@ type report struct {
 	During         loadgen.Latency   `json:"latency_during_upgrades"`
 	First          *generation       `json:"first_generation,omitempty"`
 	Last           *generation       `json:"last_generation,omitempty"`
+	FDSlack        int               `json:"fd_slack"`
 	Subreaper      bool              `json:"subreaper"`
+	ProcessEvents  bool              `json:"process_events"` // new generations' ends are heard of, not looked for
 	Leftovers      []leftover        `json:"leftovers"`
+	ServerLog      string            `json:"server_log,omitempty"`
 	Notes          []string          `json:"notes,omitempty"`
 	Problems       []string          `json:"problems"`
 	Pass           bool              `json:"pass"`
@@ -41,12 +47,24 @@ type report struct {
 	epoch          time.Time
 }
 
+// Cut connections.
+//
+// A long-lived connection that a draining generation closes is the
+// drain's doing, and reported as cut: at its deadline, the drain can do
+// nothing else, and a line protocol cannot tell a client to reconnect as
+// HTTP's "Connection: close" does. One the server closes at another
+// moment is lost. The client sees the end when the old generation's
+// socket is closed, which is before the check sees that generation exit;
+// endSlack allows for the client's goroutine running late.
+const endSlack = 100 * time.Millisecond
+
 type modeReport struct {
 	Mode         loadgen.Mode   `json:"mode"`
 	Conns        int            `json:"conns"`
 	Requests     int            `json:"requests"`
 	Failed       int            `json:"failed"`
 	Failures     map[string]int `json:"failures"`
+	Cut          int            `json:"cut,omitempty"`
 	LimitReached bool           `json:"limit_reached,omitempty"`
 }
 
@@ -91,16 +109,20 @@ func spreadOf(ds []time.Duration) spread {
 }
 
 type generation struct {
-	N      int  `json:"n"`
-	PID    int  `json:"pid"`
-	FDs    *int `json:"fds"`     // nil: not available on this system
+	N   int `json:"n"`
+	PID int `json:"pid"`
+	// FDs counts open fds but connections, which Conns counts (see
+	// fdCount); nil where that is not available.
+	FDs    *int `json:"fds"`
+	Conns  *int `json:"conns"`
 	RSSKiB *int `json:"rss_kib"` // nil: not available on this system
 }
 
 func sampleGeneration(n, pid int) *generation {
 	g := &generation{N: n, PID: pid}
-	if v, ok := fdCount(pid); ok {
-		g.FDs = &v
+	if fds, conns, ok := fdCount(pid); ok {
+		fds -= conns
+		g.FDs, g.Conns = &fds, &conns
 	}
 	if v, ok := rssKiB(pid); ok {
 		g.RSSKiB = &v
@@ -118,13 +140,40 @@ func (r *report) fail(problem string) {
 	r.Pass = false
 }
 
+// outcome is what a record comes to in the report.
+type outcome int
+
+const (
+	answered outcome = iota
+	failed
+	cut // ended by a draining generation
+)
+
+// classify says what rec, of a load that started at off, comes to.
+func (r *report) classify(off time.Duration, rec loadgen.Record) (outcome, *upgradeReport) {
+	switch {
+	case rec.Outcome == loadgen.OK:
+		return answered, nil
+	case !rec.Ended:
+		return failed, nil
+	}
+	t := off + rec.End()
+	for i := range r.Upgrades {
+		u := &r.Upgrades[i]
+		if t >= u.SignalAt && t <= u.end()+endSlack {
+			return cut, u
+		}
+	}
+	return failed, nil
+}
+
 // finish computes the summary figures and the verdict from the results,
 // upgrades, generations and leftovers already in r. conns is the number
-// of load connections, the slack allowed in fd counts.
+// of load connections.
 func (r *report) finish(conns int) {
 	r.Failures = map[string]int{}
 	r.Examples = map[string]string{}
-	r.Requests, r.Failed = 0, 0
+	r.Requests, r.Failed, r.Cut, r.CutInFlight = 0, 0, 0, 0
 	inUpgrade := func(start, end time.Duration) bool {
 		for _, u := range r.Upgrades {
 			if start <= u.end() && end >= u.SignalAt {
@@ -133,7 +182,8 @@ func (r *report) finish(conns int) {
 		}
 		return false
 	}
-	var steady, during []time.Duration
+	var steady, during, cutAfter []time.Duration
+	lostConns := 0
 	r.Modes = r.Modes[:0]
 	for _, res := range r.results {
 		off := res.Started.Sub(r.epoch)
@@ -144,17 +194,33 @@ func (r *report) finish(conns int) {
 			}
 		}
 		for _, rec := range res.Records {
-			m.Requests++
-			if rec.Outcome != loadgen.OK {
-				m.Failed++
+			if rec.Outcome != loadgen.Cut {
+				m.Requests++ // a cut between exchanges is no request
+			}
+			switch kind, u := r.classify(off, rec); kind {
+			case cut:
+				m.Cut++
+				r.Cut++
+				if rec.Outcome != loadgen.Cut {
+					r.CutInFlight++
+				}
+				if u.ReadyAt > 0 {
+					cutAfter = append(cutAfter, max(0, off+rec.End()-u.ReadyAt))
+				}
+			case failed:
+				if rec.Outcome == loadgen.Cut {
+					lostConns++
+				} else {
+					m.Failed++
+				}
 				m.Failures[rec.Outcome.String()]++
 				r.Failures[rec.Outcome.String()]++
-				continue
-			}
-			if inUpgrade(off+rec.Start, off+rec.End()) {
-				during = append(during, rec.Latency)
-			} else {
-				steady = append(steady, rec.Latency)
+			default:
+				if inUpgrade(off+rec.Start, off+rec.End()) {
+					during = append(during, rec.Latency)
+				} else {
+					steady = append(steady, rec.Latency)
+				}
 			}
 		}
 		m.Conns = conns / max(1, len(r.results))
@@ -167,6 +233,7 @@ func (r *report) finish(conns int) {
 	}
 	r.Steady = loadgen.Summarize(steady)
 	r.During = loadgen.Summarize(during)
+	r.CutAfterReady = spreadOf(cutAfter)
 
 	var toReady, oldExit []time.Duration
 	for _, u := range r.Upgrades {
@@ -184,6 +251,9 @@ func (r *report) finish(conns int) {
 	if r.Failed > 0 {
 		r.fail(fmt.Sprintf("%d of %d requests failed", r.Failed, r.Requests))
 	}
+	if lostConns > 0 {
+		r.fail(plural(lostConns, "long-lived connection", "long-lived connections") + " closed by the server outside any upgrade")
+	}
 	if r.Requests == 0 {
 		r.fail("no request was made")
 	}
@@ -191,18 +261,22 @@ func (r *report) finish(conns int) {
 		r.fail(plural(len(r.Leftovers), "process", "processes") + " left behind")
 	}
 	if r.First != nil && r.Last != nil && r.First.FDs != nil && r.Last.FDs != nil && r.Last.PID != r.First.PID &&
-		*r.Last.FDs > *r.First.FDs+conns {
-		r.fail(fmt.Sprintf("open fds grew from %d in generation %d to %d in generation %d (more than the %d load connections can explain)",
-			*r.First.FDs, r.First.N, *r.Last.FDs, r.Last.N, conns))
+		*r.Last.FDs > *r.First.FDs+r.FDSlack {
+		r.fail(fmt.Sprintf("open fds other than connections grew from %d in generation %d to %d in generation %d (-fd-slack %d)",
+			*r.First.FDs, r.First.N, *r.Last.FDs, r.Last.N, r.FDSlack))
 	}
 	r.setVerdict()
 }
 
 func (r *report) setVerdict() {
-	if r.Pass {
-		r.Verdict = "PASS: no request lost, nothing left behind"
-	} else {
+	switch {
+	case !r.Pass:
 		r.Verdict = "FAIL: " + strings.Join(r.Problems, "; ")
+	case r.Cut > 0:
+		r.Verdict = fmt.Sprintf("PASS: nothing lost outside the drain, nothing left behind; draining generations cut %s (%d with a line in flight)",
+			plural(r.Cut, "long-lived connection", "long-lived connections"), r.CutInFlight)
+	default:
+		r.Verdict = "PASS: no request lost, nothing left behind"
 	}
 }
 
@@ -239,6 +313,9 @@ func (g *generation) String() string {
 	fds, rss := "n/a", "n/a"
 	if g.FDs != nil {
 		fds = fmt.Sprint(*g.FDs)
+		if g.Conns != nil && *g.Conns > 0 {
+			fds += fmt.Sprintf(" (and %d connections)", *g.Conns)
+		}
 	}
 	if g.RSSKiB != nil {
 		rss = fmt.Sprintf("%.1f MiB", float64(*g.RSSKiB)/1024)
@@ -259,10 +336,18 @@ func failureKinds(m map[string]int) []loadgen.Outcome {
 
 func (r *report) writeText(w io.Writer) {
 	fmt.Fprintf(w, "tableflip check: %s\n", r.Server)
-	fmt.Fprintf(w, "  load               %s %s, upgrade signal %s, took %s\n", r.Method, strings.Join(r.URLs, " "), r.Signal, fmtDur(r.Elapsed))
+	load := strings.Join(r.URLs, " ")
+	if r.Method != "" {
+		load = r.Method + " " + load
+	}
+	fmt.Fprintf(w, "  load               %s, upgrade signal %s, took %s\n", load, r.Signal, fmtDur(r.Elapsed))
 	fmt.Fprintf(w, "  requests           %d sent, %d failed\n", r.Requests, r.Failed)
 	for _, m := range r.Modes {
-		fmt.Fprintf(w, "    %-9s x%-3d    %d sent, %d failed\n", m.Mode, m.Conns, m.Requests, m.Failed)
+		cut := ""
+		if m.Cut > 0 {
+			cut = fmt.Sprintf(", %d connections cut by the drain", m.Cut)
+		}
+		fmt.Fprintf(w, "    %-9s x%-3d    %d sent, %d failed%s\n", m.Mode, m.Conns, m.Requests, m.Failed, cut)
 	}
 	for _, o := range failureKinds(r.Failures) {
 		fmt.Fprintf(w, "    %-10s %7d  %s\n", o, r.Failures[o.String()], o.Describe())
@@ -279,6 +364,10 @@ func (r *report) writeText(w io.Writer) {
 	want := ""
 	if r.UpgradesWanted > 0 {
 		want = fmt.Sprintf(" of %d", r.UpgradesWanted)
+	}
+	if r.Cut > 0 {
+		fmt.Fprintf(w, "  cut by the drain   %s closed by draining generations, %d with a line in flight\n", plural(r.Cut, "long-lived connection", "long-lived connections"), r.CutInFlight)
+		fmt.Fprintf(w, "    after ready      %s\n", r.CutAfterReady)
 	}
 	fmt.Fprintf(w, "  upgrades           %d%s done\n", done, want)
 	fmt.Fprintf(w, "  upgrade to ready   %s\n", r.UpgradeToReady)
@@ -297,6 +386,9 @@ func (r *report) writeText(w io.Writer) {
 		fmt.Fprintf(w, "  leftovers          none (no zombies, no stray processes)\n")
 	default:
 		fmt.Fprintf(w, "  leftovers          none seen (old generations exited; zombie scan n/a on this system)\n")
+	}
+	if r.ServerLog != "" {
+		fmt.Fprintf(w, "  server output      %s\n", r.ServerLog)
 	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "  note: %s\n", n)

@@ -36,7 +36,7 @@ import (
 const runModeEnv = "TABLEFLIP_RUN_TEST_MODE"
 
 func init() {
-	helpers["run-program"] = runProgram
+	registerHelper("run-program", runProgram)
 }
 
 // Bounds of the waits in these tests.

@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,13 +23,14 @@ import (
 // checker runs one check. Its methods run on one goroutine, except
 // progressState, which the progress line calls.
 type checker struct {
-	cfg   *checkConfig
-	sig   syscall.Signal
-	procs *procTable
-	prog  *progress
-	rep   *report
-	epoch time.Time
-	self  int
+	cfg    *checkConfig
+	sig    syscall.Signal
+	procs  *procTable
+	events *procEvents // nil where the kernel does not tell
+	prog   *progress
+	rep    *report
+	epoch  time.Time
+	self   int
 
 	dir     string
 	logPath string
@@ -60,12 +60,17 @@ func runCheck(ctx context.Context, cfg *checkConfig, prog *progress) (*report, e
 		Signal:         signalName(sig),
 		Method:         cfg.method,
 		UpgradesWanted: cfg.upgrades,
+		ServerLog:      cfg.logFile,
+		FDSlack:        cfg.fdSlack,
 		Leftovers:      []leftover{},
 		Problems:       []string{},
 		epoch:          c.epoch,
 	}
 	if cfg.control != "" {
 		c.rep.Signal = "none: control socket " + cfg.control
+	}
+	if slices.Equal(cfg.modes, []loadgen.Mode{loadgen.ModeGRPC}) {
+		c.rep.Method = "POST" // whatever -method says
 	}
 	if cfg.server == nil {
 		c.rep.Server = "built-in sample server"
@@ -75,6 +80,11 @@ func runCheck(ctx context.Context, cfg *checkConfig, prog *progress) (*report, e
 	c.rep.Subreaper = becomeSubreaper()
 	c.procs = newProcTable()
 	defer c.procs.close()
+	if ev, err := openProcEvents(); err == nil {
+		c.events = ev
+		c.rep.ProcessEvents = true
+		defer ev.close()
+	}
 	c.dir, err = os.MkdirTemp("", "tableflip-check-")
 	if err != nil {
 		return nil, err
@@ -143,6 +153,7 @@ func (c *checker) progressState() progressState {
 		n := l.Counts()
 		s.requests += n.Requests
 		s.failed += n.Failed
+		s.ended += n.Ended
 	}
 	c.mu.Lock()
 	s.upgrades, s.gen, s.pid = c.upgrades, c.gen, c.current
@@ -206,7 +217,10 @@ func (c *checker) startServer() error {
 		}
 		c.url = c.cfg.url
 	}
-	c.logPath = filepath.Join(c.dir, "server.log")
+	c.logPath = c.cfg.logFile
+	if c.logPath == "" {
+		c.logPath = filepath.Join(c.dir, "server.log")
+	}
 	logf, err := os.Create(c.logPath)
 	if err != nil {
 		return err
@@ -315,34 +329,21 @@ func (c *checker) waitFirstReady(ctx context.Context) error {
 	return nil
 }
 
-// probe waits until the URL answers with any HTTP response.
+// probe waits until the URL answers a request of the first mode (an
+// HTTP error status or a wrong line counts: the server is up).
 func (c *checker) probe(ctx context.Context) error {
-	tc := c.tlsConf
-	if tc == nil {
-		tc = &tls.Config{InsecureSkipVerify: true} // loopback only
+	m := c.cfg.modes[0]
+	if m == loadgen.ModeHTTP2 && c.tlsURL != "" {
+		m = loadgen.ModeKeepAlive // c.url is the sample server's plain one
 	}
-	hc := &http.Client{
-		Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: tc},
+	return loadgen.Probe(ctx, loadgen.Options{
+		URL:       c.url,
+		Mode:      m,
+		Method:    c.cfg.method,
+		Body:      c.cfg.body,
 		Timeout:   time.Second,
-	}
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		req, err := http.NewRequestWithContext(ctx, "GET", c.url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := hc.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			return err
-		}
-	}
+		TLSConfig: c.tlsConf,
+	})
 }
 
 func (c *checker) startLoad(ctx context.Context) error {
@@ -357,7 +358,12 @@ func (c *checker) startLoad(ctx context.Context) error {
 			Body:        c.cfg.body,
 			Duration:    budget,
 			MaxRequests: max(1, c.cfg.maxRequests/len(c.cfg.modes)),
+			Timeout:     c.cfg.timeout,
+			Pace:        c.cfg.pace,
 			TLSConfig:   c.tlsConf,
+		}
+		if m == loadgen.ModeGRPC {
+			o.Method = ""
 		}
 		if m == loadgen.ModeHTTP2 && c.tlsURL != "" {
 			o.URL = c.tlsURL
@@ -403,6 +409,7 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 	defer cancel()
 	var pid int
 	server := 0 // under a supervisor (tableflip run): its pid, which stays
+	var newGen *newGenWatch
 	if c.cfg.control != "" {
 		if g := c.servingGeneration(ctx2, old); g != old {
 			server, old, u.OldPID = old, g, g
@@ -411,8 +418,15 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 		if pid, err = c.controlUpgrade(ctx, ctx2, n, gen, old); err != nil {
 			return err
 		}
-	} else if err := sendSignal(old, c.sig); err != nil {
-		return serverErrorf("upgrade %d: cannot send %s to generation %d (pid %d): %v%s", n, signalName(c.sig), gen, old, err, c.logTail())
+	} else {
+		if c.events != nil {
+			c.events.watch(old)
+			defer c.events.unwatch(old)
+		}
+		newGen = watchNewGeneration(old)
+		if err := sendSignal(old, c.sig); err != nil {
+			return serverErrorf("upgrade %d: cannot send %s to generation %d (pid %d): %v%s", n, signalName(c.sig), gen, old, err, c.logTail())
+		}
 	}
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
@@ -429,7 +443,26 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 			}
 			return c.diedOnSignal(n, gen, old, t0)
 		}
+		var born <-chan struct{}
+		if newGen != nil {
+			p, how, ok, heard := 0, "", false, false
+			if c.events != nil {
+				var e exitInfo
+				if p, e, ok, born, heard = c.events.ended(old); ok {
+					how = " (" + e.String() + ")"
+				}
+			}
+			if !heard {
+				// Looking may miss a short life; hearing does not.
+				p, ok = newGen.ended(c.procs.alive)
+			}
+			if ok {
+				return serverErrorf("upgrade %d: the new generation (pid %d) ended%s %s after %s, before it was ready; generation %d (pid %d) serves on%s",
+					n, p, how, fmtDur(time.Since(t0)), signalName(c.sig), gen, old, c.logTail())
+			}
+		}
 		select {
+		case <-born:
 		case <-changed:
 		case <-tick.C:
 		case <-ctx2.Done():

@@ -26,7 +26,7 @@ import (
 const sampleServerCommand = "sample-server"
 
 // sampleServer is a small HTTP server written the way the README tells
-// users to write theirs: Listen, Ready, upgrade on SIGHUP, drain on Exit.
+// users to write theirs: signals before New, Listen, Ready, drain on Exit.
 func sampleServer(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet(sampleServerCommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -50,25 +50,23 @@ func sampleServer(args []string, stderr io.Writer) int {
 }
 
 func serveSample(log *slog.Logger, addr, tlsAddr, certFile, keyFile, pidFile, addrFile, control string, drainTimeout time.Duration) error {
-	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile, ControlSocket: control})
+	// SIGTERM and SIGINT stop gracefully, SIGHUP upgrades: both handled
+	// from before New on, as the README shows.
+	stopped, unnotify := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer unnotify()
+	upg, err := tableflip.New(tableflip.Options{
+		PIDFile:       pidFile,
+		ControlSocket: control,
+		UpgradeSignal: syscall.SIGHUP,
+		Logger:        log,
+	})
 	if err != nil {
 		return err
 	}
 	defer upg.Stop()
-
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	go func() {
-		for sig := range sigs {
-			if sig != syscall.SIGHUP {
-				upg.Stop()
-				return
-			}
-			if err := upg.Upgrade(); err != nil {
-				log.Error("upgrade failed", "err", err)
-			}
-		}
+		<-stopped.Done()
+		upg.Stop()
 	}()
 
 	pid := strconv.Itoa(os.Getpid())

@@ -179,6 +179,8 @@ type reloadOutcome struct {
 	stale     []string
 	settleErr error // no settled upgrade within settleTimeout
 	took      time.Duration
+	// systemctl is how long systemctl reload took to return.
+	systemctl time.Duration
 }
 
 // reload runs systemctl reload and polls until the upgrade has settled:
@@ -191,6 +193,7 @@ func (f *fixture) reload() reloadOutcome {
 	o := reloadOutcome{from: f.current}
 	start := time.Now()
 	_, o.reloadErr = f.sys.Systemctl("reload", f.uc.service)
+	o.systemctl = time.Since(start)
 	deadline := time.Now().Add(settleTimeout)
 	staleSeen := map[string]bool{}
 	for {
@@ -289,7 +292,7 @@ func (f *fixture) downJournal() string {
 }
 
 func (f *fixture) unitJournal(cursor string, until func(realsystemd.Entry) bool) ([]realsystemd.Entry, error) {
-	args := []string{"-u", f.uc.service, "-n", "40"}
+	args := []string{"-u", f.uc.service, "-n", "120"}
 	if cursor != "" {
 		args = append(args, "--after-cursor", cursor)
 	}

@@ -250,11 +250,13 @@ func testUnit(t *testing.T, usr string, uc unitCase, built string, n int) []stri
 func (f *fixture) reloads(t *testing.T, n int, l *load) string {
 	var downs, stale, reloadErrs, unsettled int
 	var took time.Duration
+	var systemctl []time.Duration
 	var firstDown, firstStale, firstErr string
 	consecutiveUnsettled := 0
 	for i := range n {
 		o := f.reload()
 		took += o.took
+		systemctl = append(systemctl, o.systemctl)
 		if len(o.stale) > 0 {
 			stale++
 			if firstStale == "" {
@@ -285,8 +287,10 @@ func (f *fixture) reloads(t *testing.T, n int, l *load) string {
 		}
 		consecutiveUnsettled = 0
 	}
-	summary := fmt.Sprintf("%d reloads, %d took the unit down, %d with MainPID/PID file/ExecMainStartTimestamp untrue, %d systemctl reload failed, %d not settled; %v per reload",
-		n, downs, stale, reloadErrs, unsettled, (took / time.Duration(n)).Round(time.Millisecond))
+	slices.Sort(systemctl)
+	summary := fmt.Sprintf("%d reloads, %d took the unit down, %d with MainPID/PID file/ExecMainStartTimestamp untrue, %d systemctl reload failed, %d not settled; %v per reload; systemctl reload returned in median %v, max %v",
+		n, downs, stale, reloadErrs, unsettled, (took / time.Duration(n)).Round(time.Millisecond),
+		systemctl[len(systemctl)/2].Round(time.Millisecond), systemctl[len(systemctl)-1].Round(time.Millisecond))
 	if downs > 0 {
 		t.Errorf("%d of %d reloads took %s down; the first: %s", downs, n, f.uc.service, firstDown)
 	}

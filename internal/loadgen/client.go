@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"time"
@@ -20,9 +21,33 @@ type client interface {
 	close()
 }
 
-func clientFactory(u *url.URL, o Options) (func() client, error) {
+// heldConn is a client that holds one connection across requests and
+// can tell when the server ended it (ModeLongLived).
+type heldConn interface {
+	client
+	// endedIdle returns when and how the server ended the connection
+	// while no request was in flight on it, once, and forgets the
+	// connection; ok is false if it did not.
+	endedIdle() (at time.Time, err error, ok bool)
+	// endedByServer reports whether the last failed request failed
+	// because the server ended the connection.
+	endedByServer() bool
+}
+
+// clientFactory returns what makes the client numbered i of a load.
+func clientFactory(u *url.URL, o Options) (func(i int) client, error) {
 	dialer := &net.Dialer{Control: loopbackOnly}
 	switch o.Mode {
+	case ModeLine, ModeLongLived:
+		return func(i int) client {
+			return &lineClient{addr: u.Host, dialer: dialer, prefix: linePrefix(o.Body, i), timeout: o.Timeout, hold: o.Mode == ModeLongLived}
+		}, nil
+	case ModeDatagram:
+		return func(i int) client {
+			return &datagramClient{addr: u.Host, dialer: dialer, prefix: linePrefix(o.Body, i), timeout: o.Timeout}
+		}, nil
+	case ModeGRPC:
+		return grpcClientFactory(u, o, dialer)
 	case ModeKeepAlive, ModeNewConn:
 		var tc *tls.Config
 		if u.Scheme == "https" {
@@ -34,7 +59,7 @@ func clientFactory(u *url.URL, o Options) (func() client, error) {
 		}
 		keepAlive := o.Mode == ModeKeepAlive
 		req := rawRequest(u, o.Method, o.Body, keepAlive)
-		return func() client {
+		return func(int) client {
 			return &rawClient{
 				addr:      u.Host,
 				dialer:    dialer,
@@ -60,7 +85,7 @@ func clientFactory(u *url.URL, o Options) (func() client, error) {
 		hc := &http.Client{Transport: tr, Timeout: o.Timeout}
 		// One transport is shared by all clients of the load, as in a real
 		// program; close drops its idle connections.
-		return func() client {
+		return func(int) client {
 			return &goClient{hc: hc, tr: tr, url: u.String(), method: o.Method, body: o.Body, h2: o.Mode == ModeHTTP2}
 		}, nil
 	}
@@ -96,6 +121,10 @@ type rawClient struct {
 	conn net.Conn
 	wr   *watchReader
 	br   *bufio.Reader
+	// lastUse is when the connection's last response ended; idle how
+	// long it had been unused when the last request went out.
+	lastUse time.Time
+	idle    time.Duration
 }
 
 // watchReader remembers the first error of the reader under it, so that a
@@ -116,6 +145,10 @@ func (w *watchReader) Read(p []byte) (int, error) {
 func (c *rawClient) do(ctx context.Context) (Outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	c.idle = 0
+	if c.conn != nil {
+		c.idle = time.Since(c.lastUse)
+	}
 	if c.conn == nil {
 		conn, err := c.dialer.DialContext(ctx, "tcp", c.addr)
 		if err != nil {
@@ -149,11 +182,14 @@ func (c *rawClient) do(ctx context.Context) (Outcome, error) {
 	defer stop()
 
 	out, reuse, err := c.exchange()
+	c.lastUse = time.Now()
 	if out != OK || !reuse {
 		c.close()
 	}
 	return out, err
 }
+
+func (c *rawClient) lastIdle() time.Duration { return c.idle }
 
 // exchange writes one request and reads its response. reuse reports
 // whether the connection may carry another request.
@@ -172,20 +208,12 @@ func (c *rawClient) exchange() (out Outcome, reuse bool, err error) {
 			return Malformed, false, err
 		}
 		// The parser may have seen a partial line as a whole one.
-		o := classify(c.wr.err, Truncated)
-		if o == EOF || o == Other {
-			o = Truncated
-		}
-		return o, false, c.wr.err
+		return cutShort(c.wr.err), false, c.wr.err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		o := classify(err, Truncated)
-		if o == EOF || o == Other {
-			o = Truncated
-		}
-		return o, false, err
+		return cutShort(err), false, err
 	}
 	reuse = c.keepAlive && !resp.Close
 	if resp.StatusCode >= 400 {
@@ -203,8 +231,11 @@ func (c *rawClient) close() {
 
 // goClient is net/http's client, with its own connection pool and retries.
 type goClient struct {
-	hc     *http.Client
-	tr     *http.Transport
+	hc *http.Client
+	tr *http.Transport
+	// idle is how long the connection of the last request had been idle
+	// in the pool (httptrace), 0 for a new one.
+	idle   time.Duration
 	url    string
 	method string
 	body   []byte
@@ -216,6 +247,12 @@ func (c *goClient) do(ctx context.Context) (Outcome, error) {
 	if c.body != nil {
 		body = bytes.NewReader(c.body)
 	}
+	c.idle = 0
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if info.WasIdle {
+			c.idle = info.IdleTime
+		}
+	}})
 	req, err := http.NewRequestWithContext(ctx, c.method, c.url, body)
 	if err != nil {
 		return Other, err
@@ -228,11 +265,7 @@ func (c *goClient) do(ctx context.Context) (Outcome, error) {
 	resp.Body.Close()
 	switch {
 	case err != nil:
-		o := classify(err, Truncated)
-		if o == EOF {
-			o = Truncated
-		}
-		return o, err
+		return cutShort(err), err
 	case c.h2 && resp.ProtoMajor != 2:
 		return Protocol, errors.New("answered with " + resp.Proto)
 	case resp.StatusCode >= 400:
@@ -242,3 +275,11 @@ func (c *goClient) do(ctx context.Context) (Outcome, error) {
 }
 
 func (c *goClient) close() { c.tr.CloseIdleConnections() }
+
+func (c *goClient) lastIdle() time.Duration { return c.idle }
+
+// idler is a client that reuses connections and can say how long the
+// connection of its last request had been idle before it.
+type idler interface {
+	lastIdle() time.Duration
+}

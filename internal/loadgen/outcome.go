@@ -27,6 +27,7 @@ const (
 	Status            // the response had a 4xx or 5xx status
 	Timeout           // no complete response within Options.Timeout
 	Protocol          // HTTP/2 was asked for but the server answered with HTTP/1
+	Cut               // the server closed a long-lived connection between exchanges (ModeLongLived)
 	Other             // any other error
 	numOutcomes
 )
@@ -42,6 +43,7 @@ var outcomeNames = [numOutcomes]string{
 	Status:    "status",
 	Timeout:   "timeout",
 	Protocol:  "protocol",
+	Cut:       "cut",
 	Other:     "other",
 }
 
@@ -52,10 +54,11 @@ var outcomeDescriptions = [numOutcomes]string{
 	EOF:       "connection closed before any response",
 	Reset:     "connection reset by the server",
 	Truncated: "response cut short",
-	Malformed: "malformed response",
-	Status:    "answered with an error status (4xx/5xx)",
-	Timeout:   "no response in time",
+	Malformed: "malformed response, or not the line or datagram sent",
+	Status:    "answered with an error status (HTTP 4xx/5xx, or a gRPC status other than OK)",
+	Timeout:   "no response in time (a datagram: lost)",
 	Protocol:  "answered without HTTP/2",
+	Cut:       "long-lived connection closed by the server between exchanges",
 	Other:     "other error",
 }
 
@@ -96,6 +99,14 @@ func (o *Outcome) UnmarshalText(b []byte) error {
 		}
 	}
 	return fmt.Errorf("loadgen: unknown outcome %q", b)
+}
+
+// cutShort names the failure of a response that had begun to arrive.
+func cutShort(err error) Outcome {
+	if o := classify(err, Truncated); o != EOF && o != Other {
+		return o
+	}
+	return Truncated
 }
 
 // classify maps an error from reading a response to an outcome. fallback is

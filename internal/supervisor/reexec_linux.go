@@ -99,7 +99,7 @@ func selfChanged(path string) (fileID, bool) {
 	if unix.Stat(path, &disk) != nil || unix.Stat("/proc/self/exe", &running) != nil {
 		return fileID{}, false
 	}
-	id := fileID{Dev: disk.Dev, Ino: disk.Ino, Size: disk.Size, Mtime: disk.Mtim.Nano(), Ctime: disk.Ctim.Nano()}
+	id := fileID{Dev: disk.Dev, Ino: disk.Ino, Size: disk.Size, Mtime: disk.Mtim.Nano()}
 	return id, disk.Dev != running.Dev || disk.Ino != running.Ino
 }
 

@@ -21,8 +21,9 @@ import (
 // same release (not by whatever is on disk now: that is what upgrades are
 // for), and with -rollback, a release that dies soon after it became
 // ready is replaced by the previous one. Releases are told apart by the
-// file's identity (device, inode, size, modification and change times),
-// so a deploy that writes a new file and renames it over the old (as
+// file's identity (device, inode, size and modification time; not the
+// change time, which unlinking the old name changes), so a deploy that
+// writes a new file and renames it over the old (as
 // package managers, install(1) and go build do) makes a new release; an
 // interpreted program's release is its interpreter's, unless the script
 // itself is the executable (#!).
@@ -36,9 +37,9 @@ type release struct {
 
 // fileID is what tells two versions of an executable apart.
 type fileID struct {
-	Dev, Ino     uint64
-	Size         int64
-	Mtime, Ctime int64 // nanoseconds
+	Dev, Ino uint64
+	Size     int64
+	Mtime    int64 // nanoseconds
 }
 
 func statID(fd int) (fileID, error) {
@@ -48,7 +49,7 @@ func statID(fd int) (fileID, error) {
 	}
 	return fileID{
 		Dev: st.Dev, Ino: st.Ino, Size: st.Size,
-		Mtime: st.Mtim.Nano(), Ctime: st.Ctim.Nano(),
+		Mtime: st.Mtim.Nano(),
 	}, nil
 }
 
