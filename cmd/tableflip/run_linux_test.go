@@ -644,12 +644,7 @@ func TestRunSelfUpgrade(t *testing.T) {
 	if resp := r.call(tableflip.ControlUpgrade); !resp.OK {
 		t.Errorf("an upgrade after the re-execution: %v", resp.Error)
 	}
-	if n, failed := l.stop(); n == 0 || len(failed) > 0 {
-		t.Errorf("load across the re-execution: %d requests, %d failed: %v", n, len(failed), failed)
-	}
-	if code := r.stop(); code != 0 {
-		t.Errorf("exit %d after SIGTERM, want 0", code)
-	}
+	r.stopUnderLoad(l, "the re-execution")
 }
 
 // runLoad is a request loop, new connection per request, that never
@@ -686,6 +681,18 @@ func startRunLoad(addr string) *runLoad {
 	return l
 }
 
+// stopUnderLoad stops the load, which must have lost nothing across
+// what, then the supervisor, which must exit 0.
+func (r *runProc) stopUnderLoad(l *runLoad, what string) {
+	r.t.Helper()
+	if n, failed := l.stop(); n == 0 || len(failed) > 0 {
+		r.t.Errorf("load across %s: %d requests, %d failed: %v", what, n, len(failed), failed)
+	}
+	if code := r.stop(); code != 0 {
+		r.t.Errorf("exit %d after SIGTERM, want 0", code)
+	}
+}
+
 // stop ends the loop and returns how many requests it sent and how the
 // failed ones failed (the first ten).
 func (l *runLoad) stop() (int, []string) {
@@ -719,12 +726,7 @@ func TestRunLibraryServer(t *testing.T) {
 			t.Fatalf("upgrade: %v", resp.Error)
 		}
 	}
-	if n, failed := l.stop(); n == 0 || len(failed) > 0 {
-		t.Errorf("load across 5 upgrades: %d requests, %d failed: %v", n, len(failed), failed)
-	}
-	if code := r.stop(); code != 0 {
-		t.Errorf("exit %d after SIGTERM, want 0", code)
-	}
+	r.stopUnderLoad(l, "5 upgrades")
 	out := r.output()
 	if strings.Contains(out, "tableflip: socket activation") || !strings.Contains(out, "tableflip: using a socket systemd passed") {
 		t.Errorf("the server did not take its socket from the supervisor by socket activation:\n%s", out)

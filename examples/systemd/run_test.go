@@ -3,7 +3,6 @@
 package systemd_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,10 +31,6 @@ const runReloads = 20
 // the main process exits 0, no SIGKILL, nothing left in the cgroup).
 func TestRunUnits(t *testing.T) {
 	realsystemd.Need(t)
-	backports, err := realsystemd.Backports(context.Background())
-	if err != nil {
-		realsystemd.SkipOrFail(t, err.Error())
-	}
 	built := buildBinaries(t)
 	units, err := filepath.Glob(runUnitPrefix + "*.service")
 	if err != nil || len(units) == 0 {
@@ -45,24 +40,9 @@ func TestRunUnits(t *testing.T) {
 	for _, name := range units {
 		cases = append(cases, newUnitCase(name, name, readUnit(t, name)))
 	}
-	for _, usr := range []string{"", backports} {
-		version, err := realsystemd.Version(usr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Run(fmt.Sprintf("systemd%d", version), func(t *testing.T) {
-			t.Parallel()
-			for _, uc := range cases {
-				if version < uc.minVersion {
-					t.Logf("%s: not run, it needs systemd %d or later", uc.name, uc.minVersion)
-					continue
-				}
-				t.Run(uc.name, func(t *testing.T) {
-					t.Logf("systemd %d, %s: %s", version, uc.name, testRunUnit(t, usr, uc, built))
-				})
-			}
-		})
-	}
+	underEachSystemd(t, cases, func(t *testing.T, usr string, version int, uc unitCase) {
+		t.Logf("systemd %d, %s: %s", version, uc.name, testRunUnit(t, usr, uc, built))
+	})
 }
 
 // testRunUnit boots systemd with one unit of tableflip run and runs the
@@ -196,48 +176,28 @@ func (f *fixture) reloadRun(main int) reloadOutcome {
 // Then the real program is put back and a reload works again.
 func (f *fixture) failingRunGeneration(t *testing.T, main int) string {
 	old := f.current
-	cursor, err := f.sys.Cursor()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.replaceServer(t, []byte(failingStub))
-	restored := false
-	defer func() {
-		if !restored {
-			f.restoreServer(t)
-		}
-	}()
-	_, reloadErr := f.sys.Systemctl("reload", f.uc.service)
 	want := []string{"failing generation", "tableflip run: generation failed before it was ready"}
-	entries, err := f.sys.WaitJournal(settleTimeout, func(es []realsystemd.Entry) bool {
-		for _, text := range want {
-			if findEntry(es, text) == nil {
-				return false
-			}
-		}
-		return true
-	}, "-u", f.uc.service, "--after-cursor", cursor)
-	if err != nil {
-		t.Fatalf("no %q lines under -u %s after the reload (systemctl reload: %v): %v\n%s", want, f.uc.service, reloadErr, err, f.journalTail(cursor))
-	}
+	reloadErr, entries, cursor, restore := f.reloadFailing(t, want)
+	defer restore()
 	var problems []string
+	for _, text := range want {
+		if e := findEntry(entries, text); e["_SYSTEMD_UNIT"] != f.uc.service {
+			problems = append(problems, fmt.Sprintf("the line %s is not filed under %s", e, f.uc.service))
+		}
+	}
 	if pid, err := f.probe(); err != nil || pid != old {
 		problems = append(problems, fmt.Sprintf("answer from pid %d (%v), want the old generation %d", pid, err, old))
 	}
 	if s, err := f.sample(); err != nil || s.Active != "active" || s.MainPID != main || s.NRestarts != f.base.NRestarts {
 		problems = append(problems, fmt.Sprintf("state after the failed upgrade: %s (%v); want active, MainPID %d", s, err, main))
 	}
-	switch {
-	case f.uc.reloadReports && reloadErr == nil:
-		problems = append(problems, "systemctl reload succeeded, want it to fail: its ExecReload= waits for the outcome")
-	case !f.uc.reloadReports && reloadErr != nil:
-		problems = append(problems, fmt.Sprintf("systemctl reload failed (%v), want success: this unit type cannot report the outcome", reloadErr))
+	if p := f.reloadProblem(reloadErr); p != "" {
+		problems = append(problems, p)
 	}
 	if len(problems) > 0 {
 		t.Errorf("a failing new generation (systemctl reload: %v):\n  %s\n%s", reloadErr, strings.Join(problems, "\n  "), f.journalTail(cursor))
 	}
-	f.restoreServer(t)
-	restored = true
+	restore()
 	if o := f.reloadRun(main); o.down != "" || o.settleErr != nil || o.reloadErr != nil {
 		t.Errorf("the first reload after the real program was put back: %v; %s %v", o.reloadErr, o.down, o.settleErr)
 	}

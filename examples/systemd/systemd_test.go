@@ -153,21 +153,31 @@ func buildBinaries(t *testing.T) string {
 func TestUnits(t *testing.T) {
 	realsystemd.Need(t)
 	n := reloadCount(t)
-	backports, err := realsystemd.Backports(context.Background())
-	if err != nil {
-		realsystemd.SkipOrFail(t, err.Error())
-	}
 	built := buildBinaries(t)
-	cases := unitCases(t)
-	// The versions run side by side (each System has namespaces of its
-	// own, its own port 8080 included); the units of a version one
-	// after another.
 	var mu sync.Mutex
 	var figures []string
 	t.Cleanup(func() {
 		sort.Strings(figures)
 		t.Logf("figures (%d reloads per phase):\n%s", n, strings.Join(figures, "\n"))
 	})
+	underEachSystemd(t, unitCases(t), func(t *testing.T, usr string, version int, uc unitCase) {
+		figs := testUnit(t, usr, uc, built, n)
+		mu.Lock()
+		figures = append(figures, fmt.Sprintf("systemd %d, %s:\n    %s", version, uc.name, strings.Join(figs, "\n    ")))
+		mu.Unlock()
+	})
+}
+
+// underEachSystemd runs test for each case under the machine's systemd
+// and the one from bookworm-backports, where the case's version allows:
+// the versions side by side (each System has namespaces of its own, its
+// own port 8080 included), the cases of a version one after another,
+// each as a subtest.
+func underEachSystemd(t *testing.T, cases []unitCase, test func(t *testing.T, usr string, version int, uc unitCase)) {
+	backports, err := realsystemd.Backports(context.Background())
+	if err != nil {
+		realsystemd.SkipOrFail(t, err.Error())
+	}
 	for _, usr := range []string{"", backports} {
 		version, err := realsystemd.Version(usr)
 		if err != nil {
@@ -180,12 +190,7 @@ func TestUnits(t *testing.T) {
 					t.Logf("%s: not run, it needs systemd %d or later", uc.name, uc.minVersion)
 					continue
 				}
-				t.Run(uc.name, func(t *testing.T) {
-					figs := testUnit(t, usr, uc, built, n)
-					mu.Lock()
-					figures = append(figures, fmt.Sprintf("systemd %d, %s:\n    %s", version, uc.name, strings.Join(figs, "\n    ")))
-					mu.Unlock()
-				})
+				t.Run(uc.name, func(t *testing.T) { test(t, usr, version, uc) })
 			}
 		})
 	}
@@ -317,19 +322,6 @@ func (f *fixture) failingGeneration(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cursor, err := f.sys.Cursor()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.replaceServer(t, []byte(failingStub))
-	restored := false
-	defer func() {
-		if !restored {
-			f.restoreServer(t)
-		}
-	}()
-	_, reloadErr := f.sys.Systemctl("reload", f.uc.service)
-
 	// The stub writes a line; the README program's logger records
 	// "tableflip: upgrade failed" once a SIGHUP's upgrade has failed (an
 	// upgrade asked for on the control socket is answered to tableflip
@@ -340,17 +332,8 @@ func (f *fixture) failingGeneration(t *testing.T) string {
 	if !f.uc.reloadReports {
 		want = append(want, "tableflip: upgrade failed")
 	}
-	entries, err := f.sys.WaitJournal(settleTimeout, func(es []realsystemd.Entry) bool {
-		for _, text := range want {
-			if findEntry(es, text) == nil {
-				return false
-			}
-		}
-		return true
-	}, "--after-cursor", cursor)
-	if err != nil {
-		t.Fatalf("no %q lines after the reload (systemctl reload: %v): %v\n%s", want, reloadErr, err, f.journalTail(cursor))
-	}
+	reloadErr, entries, cursor, restore := f.reloadFailing(t, want)
+	defer restore()
 	var problems []string
 	for range 5 {
 		pid, err := f.probe()
@@ -367,11 +350,8 @@ func (f *fixture) failingGeneration(t *testing.T) string {
 		(f.uc.pidFile != "" && after.PIDFile != old) {
 		problems = append(problems, fmt.Sprintf("state after the failed upgrade: %s; before: %s", after, before))
 	}
-	switch {
-	case f.uc.reloadReports && reloadErr == nil:
-		problems = append(problems, "systemctl reload succeeded, want it to fail: its ExecReload= waits for the outcome")
-	case !f.uc.reloadReports && reloadErr != nil:
-		problems = append(problems, fmt.Sprintf("systemctl reload failed (%v), want success: this unit type cannot report the outcome", reloadErr))
+	if p := f.reloadProblem(reloadErr); p != "" {
+		problems = append(problems, p)
 	}
 	// Where the failure's lines went: the stub's own line, written by a
 	// new generation that the serving one started, and the serving one's.
@@ -388,8 +368,7 @@ func (f *fixture) failingGeneration(t *testing.T) string {
 		t.Errorf("a failing new generation (systemctl reload: %v):\n  %s\n%s", reloadErr, strings.Join(problems, "\n  "), f.journalTail(cursor))
 	}
 
-	f.restoreServer(t)
-	restored = true
+	restore()
 	o := f.reload()
 	if o.down != "" || o.settleErr != nil {
 		t.Errorf("the first reload after the real server was put back: down: %s; %v", o.down, o.settleErr)
@@ -399,6 +378,54 @@ func (f *fixture) failingGeneration(t *testing.T) string {
 	}
 	return fmt.Sprintf("systemctl reload error: %v; old pid %d serving after: %v; lines: %s",
 		reloadErr, old, len(problems) == 0, strings.Join(filed, " | "))
+}
+
+// reloadFailing puts failingStub in place of the server, runs systemctl
+// reload and waits until every line of want is in the journal (the whole
+// journal: a line filed under another unit is found too). It returns
+// what systemctl reload said, the journal since, the cursor before, and
+// restore, which puts the real server back (once; call it on every path).
+func (f *fixture) reloadFailing(t *testing.T, want []string) (reloadErr error, entries []realsystemd.Entry, cursor string, restore func()) {
+	t.Helper()
+	cursor, err := f.sys.Cursor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.replaceServer(t, []byte(failingStub))
+	restored := false
+	restore = func() {
+		if !restored {
+			restored = true
+			f.restoreServer(t)
+		}
+	}
+	_, reloadErr = f.sys.Systemctl("reload", f.uc.service)
+	entries, err = f.sys.WaitJournal(settleTimeout, func(es []realsystemd.Entry) bool {
+		for _, text := range want {
+			if findEntry(es, text) == nil {
+				return false
+			}
+		}
+		return true
+	}, "--after-cursor", cursor)
+	if err != nil {
+		restore()
+		t.Fatalf("no %q lines after the reload (systemctl reload: %v): %v\n%s", want, reloadErr, err, f.journalTail(cursor))
+	}
+	return reloadErr, entries, cursor, restore
+}
+
+// reloadProblem says what is wrong with how systemctl reload ended after
+// a failed upgrade, or "": it must fail where the unit's ExecReload=
+// waits for the outcome, and succeed where it cannot tell.
+func (f *fixture) reloadProblem(reloadErr error) string {
+	switch {
+	case f.uc.reloadReports && reloadErr == nil:
+		return "systemctl reload succeeded, want it to fail: its ExecReload= waits for the outcome"
+	case !f.uc.reloadReports && reloadErr != nil:
+		return fmt.Sprintf("systemctl reload failed (%v), want success: this unit type cannot report the outcome", reloadErr)
+	}
+	return ""
 }
 
 // findEntry returns the first entry whose message contains text.
