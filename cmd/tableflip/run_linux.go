@@ -18,8 +18,10 @@ type listenFlags struct {
 	specs []supervisor.ListenSpec
 }
 
+// String is flag.Value's: there is no default.
 func (l *listenFlags) String() string { return "" }
 
+// Set adds one -listen.
 func (l *listenFlags) Set(s string) error {
 	spec, err := supervisor.ParseListen(s, l.dir)
 	if err != nil {
@@ -32,8 +34,10 @@ func (l *listenFlags) Set(s string) error {
 // readyFlag is -ready.
 type readyFlag struct{ r supervisor.Readiness }
 
+// String is flag.Value's.
 func (r *readyFlag) String() string { return r.r.String() }
 
+// Set parses -ready.
 func (r *readyFlag) Set(s string) (err error) {
 	r.r, err = supervisor.ParseReady(s)
 	return err

@@ -79,11 +79,12 @@ const StateCommand = "run-state"
 // ListenSpec is one -listen socket: the program gets it as fd 3+i, named
 // Name in LISTEN_FDNAMES.
 type ListenSpec struct {
-	Name    string
+	Name    string // in LISTEN_FDNAMES
 	Network string // tcp, tcp4, tcp6, udp, udp4, udp6 or unix
 	Addr    string // host:port, or the socket's path (@name: abstract)
 }
 
+// String is the spec as -listen takes it.
 func (l ListenSpec) String() string {
 	s := l.Network + "://" + l.Addr
 	if l.Name != "" {
@@ -185,6 +186,7 @@ type Readiness struct {
 	Delay time.Duration
 }
 
+// String is the readiness as -ready takes it.
 func (r Readiness) String() string {
 	switch r.Mode {
 	case ReadyTCP:
