@@ -60,7 +60,7 @@ func parseRunFlags(args []string, stderr io.Writer) (*supervisor.Options, error)
 		fs.PrintDefaults()
 	}
 	fs.Var(listen, "listen", "a `socket` for the program: [name=]tcp://host:port, udp://host:port or unix://path\n(repeatable; tcp4, tcp6, udp4, udp6 too): fds 3, 4, … in this order, then the\nsockets systemd passed that no -listen matches; a -listen that matches one of\nthose uses it; name goes in LISTEN_FDNAMES (default \"unknown\")")
-	fs.Var(ready, "ready", "how a new generation shows it is `ready`: notify (READY=1 to NOTIFY_SOCKET), tcp\n(it accepts a connection on the first TCP socket), tcp://host:port, http://host:port/path\n(it accepts a connection there and answers GET with a status below 400) or delay=D\n(it still runs D after it was executed); a probe counts only when the new\ngeneration accepted it (default notify)")
+	fs.Var(ready, "ready", "the `mode` by which a new generation shows it is ready: notify (READY=1 to NOTIFY_SOCKET), tcp\n(it accepts a connection on the first TCP socket), tcp://host:port, http://host:port/path\n(it accepts a connection there and answers GET with a status below 400) or delay=D\n(it still runs D after it was executed); a probe counts only when the new\ngeneration accepted it (default notify)")
 	fs.DurationVar(&opts.UpgradeTimeout, "upgrade-timeout", time.Minute, "how long a new generation may take to be ready; then it gets -stop-signal,\nSIGKILL after min(5s, this), and the upgrade fails")
 	fs.StringVar(&stopSignal, "stop-signal", stopSignal, "the `signal` that tells a generation to drain and exit")
 	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long a generation may drain before SIGKILL (0: no bound)")
