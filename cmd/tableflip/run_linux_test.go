@@ -808,3 +808,18 @@ func TestRunSocketKinds(t *testing.T) {
 		t.Errorf("%s is still there after the stop (%v)", path, err)
 	}
 }
+
+// TestRunStopDuringStart: SIGTERM while the first generation starts stops
+// it and ends the supervisor as a stop does (exit 0), not as a program
+// that cannot start.
+func TestRunStopDuringStart(t *testing.T) {
+	r := launchRun(t, runOptions{mode: "hang"})
+	r.waitLog(`msg="tableflip run: generation starting" generation=1 `)
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	if code := r.wait(); code != 0 {
+		t.Errorf("exit %d after SIGTERM during the first start, want 0:\n%s", code, r.output())
+	}
+	if _, err := os.Stat(r.pidFile); !os.IsNotExist(err) {
+		t.Errorf("PID file %s written or left (%v)", r.pidFile, err)
+	}
+}

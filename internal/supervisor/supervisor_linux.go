@@ -440,7 +440,7 @@ func (s *supervisor) upgradeAsked(ev upgradeEvent) {
 	s.attempted++
 	s.sdNotify("reloading", systemd.Reloading, monotonic(), systemd.Status("Upgrading: starting a new generation"))
 	if err := s.startGeneration(kindUpgrade, ev.reply); err != nil {
-		s.failedStart(nil, err, ev.reply)
+		s.failedStart(kindUpgrade, err, ev.reply)
 	}
 }
 
@@ -740,7 +740,7 @@ func (s *supervisor) exited(g *generation) {
 			reason = tableflip.ErrChildExited
 		}
 		s.starting = nil
-		s.failedStart(g, &tableflip.ChildError{PID: g.PID, ExitCode: st.ExitCode, Signal: st.Signal, Err: reason}, g.reply)
+		s.failedStart(g.why, &tableflip.ChildError{PID: g.PID, ExitCode: st.ExitCode, Signal: st.Signal, Err: reason}, g.reply)
 		g.reply = nil
 	case draining:
 		s.log.Info("tableflip run: generation exited", "generation", g.N, "pid", g.PID, "status", st.String(),
@@ -760,16 +760,16 @@ func (s *supervisor) exited(g *generation) {
 	s.prune()
 }
 
-// failedStart ends a start that failed (g nil: nothing was started).
-func (s *supervisor) failedStart(g *generation, err error, reply chan upgradeResult) {
-	why := kindUpgrade
-	if g != nil {
-		why = g.why
-	}
+// failedStart ends a start for why that failed, before or after its
+// process was started.
+func (s *supervisor) failedStart(why startKind, err error, reply chan upgradeResult) {
 	s.log.Error("tableflip run: generation failed before it was ready", "why", kindNames[why], "error", err)
 	if why == kindFirst {
-		s.fatal = err
-		s.stopAll()
+		if !s.stopping {
+			// Not stopped meanwhile: the program cannot start.
+			s.fatal = err
+			s.stopAll()
+		}
 		return
 	}
 	if why == kindUpgrade {
@@ -813,7 +813,7 @@ func (s *supervisor) scheduleReplacement(dead *generation) {
 		s.sdNotify("status", systemd.Status(statusText("Rolling back: generation %d died %s after it was ready",
 			dead.N, time.Since(dead.ReadyAt).Round(time.Millisecond))))
 		if err := s.startGeneration(kindRollback, nil); err != nil {
-			s.failedStart(nil, err, nil)
+			s.failedStart(kindRollback, err, nil)
 		}
 		return
 	}
@@ -834,7 +834,7 @@ func (s *supervisor) scheduleReplacement(dead *generation) {
 // replace starts the generation that scheduleReplacement arranged for.
 func (s *supervisor) replace() {
 	if err := s.startGeneration(kindRestart, nil); err != nil {
-		s.failedStart(nil, err, nil)
+		s.failedStart(kindRestart, err, nil)
 	}
 }
 
