@@ -206,7 +206,7 @@ func Run(opts Options) error {
 		s.tearDown()
 		return err
 	}
-	s.launcher = newLauncher(opts.Args0(), programEnv(os.Environ(), s.socks, s.notify.Name), s.opts.Dir, s.socks)
+	s.launcher = newLauncher(opts.args0(), programEnv(os.Environ(), s.socks, s.notify.Name), s.opts.Dir, s.socks)
 	go s.notify.read(func(m notifyMsg) { s.post(notifyEvent{m}) })
 	go s.forwardSignals()
 	if !restored {
@@ -223,8 +223,8 @@ func Run(opts Options) error {
 	return s.fatal
 }
 
-// Args0 is the name the supervisor's zygotes run under: its own.
-func (o Options) Args0() string {
+// args0 is the name the supervisor's zygotes run under: its own.
+func (o Options) args0() string {
 	if len(o.Args) > 0 {
 		return o.Args[0]
 	}
