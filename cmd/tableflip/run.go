@@ -88,8 +88,11 @@
 //
 // The supervisor upgrades itself in place: when the file it was started
 // from holds another executable (a new tableflip), it re-executes it
-// after the next upgrade, in its own process (same pid), keeping the
-// generations, the sockets and the control socket.
+// after the next upgrade attempt, in its own process (same pid), keeping
+// the generations, the sockets and the control socket; a new executable
+// that cannot take over (it does not run, or does not know the state's
+// version or the command line) is not executed, and the supervisor
+// serves on.
 //
 // A generation that dies after it was ready is replaced by the same
 // release after -backoff (with -rollback, soon after it was ready, by the

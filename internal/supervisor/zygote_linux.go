@@ -25,13 +25,17 @@ import (
 // for the word to go; then it adds LISTEN_PID=<its pid> and execs the
 // program in its own process. The zygote's pid becomes the generation's.
 //
-// The supervisor starts the next zygote as soon as it has used one, so
-// that an upgrade costs one execve of the program, not a fork, an exec of
-// the supervisor's executable and an exec of the program: measured here,
-// that extra exec (Go's start-up included) is as long as the library's
-// whole upgrade-to-ready. An exec-on-demand shim was that rejected design;
-// ptrace, to write LISTEN_PID into the stopped child, the other (it fails
-// where ptrace is forbidden, and under a debugger).
+// The supervisor starts the next zygote once a new generation is ready
+// (not while it starts: they would compete for the CPU), so that an
+// upgrade costs one execve of the program, not a fork, an exec of the
+// supervisor's executable and an exec of the program. Measured here, a
+// fork and exec of tableflip up to its exit costs 2 to 4 ms, about what
+// the library's whole upgrade-to-ready takes (bench, figure 6). A shim
+// executed on demand was that rejected design; ptrace, to write
+// LISTEN_PID into the child stopped at its exec, the other (it fails
+// where ptrace is forbidden, and under a debugger). An upgrade that comes
+// within a few milliseconds of the last waits for the next zygote's
+// start.
 //
 // The exchange, on a SOCK_SEQPACKET pair: the supervisor sends one JSON
 // zygoteRequest, with the executable's descriptor attached when it is to
