@@ -155,6 +155,7 @@ func TestRunFailedUpgrade(t *testing.T) {
 	}{
 		{"exit=3", tableflip.ReasonChildExited, "exit 3"},
 		{"hang", tableflip.ReasonTimeout, "exit 7"}, // it exits 7 on -stop-signal
+		{"hang,ignore-term", tableflip.ReasonTimeout, "SIGKILL"},
 	} {
 		os.WriteFile(modeFile, []byte(tc.mode), 0o644)
 		resp := r.call(tableflip.ControlUpgrade)
@@ -162,7 +163,8 @@ func TestRunFailedUpgrade(t *testing.T) {
 		switch {
 		case resp.OK || e == nil:
 			t.Errorf("%s: upgrade answered %+v, want a failure", tc.mode, resp)
-		case e.Reason != tc.reason || e.PID == 0 || e.PID == first || e.ExitCode == nil || "exit "+fmt.Sprint(*e.ExitCode) != tc.status:
+		case e.Reason != tc.reason || e.PID == 0 || e.PID == first || e.ExitCode == nil ||
+			"exit "+fmt.Sprint(*e.ExitCode) != tc.status && e.Signal != tc.status:
 			t.Errorf("%s: answer %+v (exit code %v), want reason %s, the new pid and %s", tc.mode, e, e.ExitCode, tc.reason, tc.status)
 		case !gone(e.PID):
 			t.Errorf("%s: the failed generation (pid %d) still runs after the answer", tc.mode, e.PID)
@@ -172,8 +174,8 @@ func TestRunFailedUpgrade(t *testing.T) {
 		}
 	}
 	st := r.status()
-	if st.UpgradesFailed != 2 || st.LastFailure == nil || st.LastFailure.Reason != tableflip.ReasonTimeout {
-		t.Errorf("status: %d failed, last failure %+v; want 2, the timeout", st.UpgradesFailed, st.LastFailure)
+	if st.UpgradesFailed != 3 || st.LastFailure == nil || st.LastFailure.Reason != tableflip.ReasonTimeout {
+		t.Errorf("status: %d failed, last failure %+v; want 3, the timeout", st.UpgradesFailed, st.LastFailure)
 	}
 	// Refusals start nothing.
 	os.WriteFile(modeFile, []byte("serve,wait=300ms"), 0o644)
