@@ -464,6 +464,8 @@ func TestStatusDoesNotDelayUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Kill(first, syscall.SIGCONT)
+	// kill returns before every thread has stopped.
+	waitFor(t, "generation 1 to stop", func() bool { return stopped(first) })
 
 	status := make(chan string, 1)
 	go func() {
@@ -514,4 +516,19 @@ func unixConnections(t *testing.T, name string) int {
 		}
 	}
 	return n
+}
+
+// stopped reports whether every thread of pid is stopped by a signal.
+func stopped(pid int) bool {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err != nil {
+			return false
+		}
+		if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) == 0 || f[0] != "T" {
+			return false
+		}
+	}
+	return len(tasks) > 0
 }

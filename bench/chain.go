@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +33,10 @@ type hub struct {
 	mu     sync.Mutex
 	chains map[string]*chain
 	next   int
+
+	// refusals counts tableflip's "parent hasn't exited" after its
+	// WaitForParent returned: see chain.upgrade.
+	refusals atomic.Int64
 }
 
 func newHub(dir string, p *procs) (*hub, error) {
@@ -196,6 +201,7 @@ func (c *chain) upgrade(ctx context.Context) (upgradeResult, error) {
 	defer timeout.Stop()
 	var reported time.Time
 	var next *gen
+	retries := 0
 	lines := old.lines // nil once the report is in: the old one exits next
 	for reported.IsZero() || next == nil {
 		select {
@@ -211,6 +217,17 @@ func (c *chain) upgrade(ctx context.Context) (upgradeResult, error) {
 			}
 			f := strings.SplitN(line, " ", 3)
 			if len(f) < 3 || f[0] != "upgrade" {
+				continue
+			}
+			if f[1] != "ok" && c.impl == implTableflip && strings.Contains(f[2], "parent hasn't exited") && retries < 100 {
+				// cloudflare/tableflip's run loop can learn of the
+				// parent's exit after its WaitForParent returned, and
+				// refuses meanwhile: ask again.
+				retries++
+				c.h.refusals.Add(1)
+				if err := unix.Kill(old.pid, unix.SIGHUP); err != nil {
+					return r, fmt.Errorf("%s: SIGHUP to %d: %w", c.id, old.pid, err)
+				}
 				continue
 			}
 			if f[1] != "ok" {

@@ -210,6 +210,9 @@ func run(ctx context.Context, cfg *config, progress io.Writer) (*results, error)
 		}
 		fmt.Fprintf(progress, "bench: %s done in %s\n", s.name, time.Since(t).Round(time.Second))
 	}
+	if n := h.refusals.Load(); n > 0 {
+		res.notes = append(res.notes, fmt.Sprintf("tableflip v1.2.3 refused %d upgrades with \"parent hasn't exited\" although its WaitForParent had returned (its run loop learns of the exit apart from WaitForParent); the runner sent SIGHUP again each time, and the time the old generation measures is that of the accepted attempt.", n))
+	}
 	res.took = time.Since(res.started)
 	return res, nil
 }

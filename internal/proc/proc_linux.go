@@ -25,10 +25,13 @@ type sysProcess struct {
 }
 
 func (p *Process) start(path string, args, env []string, dir string, files []uintptr, sibling bool) error {
+	// A child's pid is ours until we reap it: only a sibling, which
+	// its parent reaps, needs a pidfd to be signalled and watched safely.
 	pidfd := -1
-	sys := &syscall.SysProcAttr{PidFD: &pidfd}
+	sys := &syscall.SysProcAttr{}
 	if sibling {
 		sys.Cloneflags = syscall.CLONE_PARENT
+		sys.PidFD = &pidfd
 	}
 	attr := &syscall.ProcAttr{Dir: dir, Env: env, Files: files, Sys: sys}
 	pid, err := syscall.ForkExec(path, args, attr)
@@ -41,6 +44,7 @@ func (p *Process) start(path string, args, env []string, dir string, files []uin
 		}
 		sibling = false
 		sys.Cloneflags = 0
+		sys.PidFD = nil
 		pidfd = -1
 		pid, err = syscall.ForkExec(path, args, attr)
 	}
