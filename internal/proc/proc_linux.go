@@ -57,21 +57,14 @@ func (p *Process) start(path string, args, env []string, dir string, files []uin
 }
 
 func (p *Process) adopt(pid int) error {
-	// A child of this process, alive or a zombie not reaped yet: its pid
-	// cannot be reused meanwhile, so the pidfd is the process's.
+	// A child of this process, alive or a zombie not reaped yet: as for
+	// a child that Start started, its pid is ours until we reap it.
 	var info unix.Siginfo
 	err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
 	if err != nil {
 		return fmt.Errorf("proc: pid %d is not a child of this process: %w", pid, err)
 	}
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil && !errors.Is(err, unix.ENOSYS) {
-		return fmt.Errorf("proc: pid %d: %w", pid, err)
-	}
-	if err != nil {
-		pidfd = -1 // before Linux 5.3: wait watches it
-	}
-	p.sys = sysProcess{pidfd: pidfd, pid: pid}
+	p.sys = sysProcess{pidfd: -1, pid: pid}
 	return nil
 }
 
