@@ -177,7 +177,7 @@ func (f *fixture) reloadRun(main int) reloadOutcome {
 func (f *fixture) failingRunGeneration(t *testing.T, main int) string {
 	old := f.current
 	want := []string{"failing generation", "tableflip run: generation failed before it was ready"}
-	reloadErr, entries, cursor, restore := f.reloadFailing(t, want)
+	entries, cursor, restore, reloadErr := f.reloadFailing(t, want)
 	defer restore()
 	var problems []string
 	for _, text := range want {

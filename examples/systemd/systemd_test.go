@@ -332,7 +332,7 @@ func (f *fixture) failingGeneration(t *testing.T) string {
 	if !f.uc.reloadReports {
 		want = append(want, "tableflip: upgrade failed")
 	}
-	reloadErr, entries, cursor, restore := f.reloadFailing(t, want)
+	entries, cursor, restore, reloadErr := f.reloadFailing(t, want)
 	defer restore()
 	var problems []string
 	for range 5 {
@@ -382,10 +382,10 @@ func (f *fixture) failingGeneration(t *testing.T) string {
 
 // reloadFailing puts failingStub in place of the server, runs systemctl
 // reload and waits until every line of want is in the journal (the whole
-// journal: a line filed under another unit is found too). It returns
-// what systemctl reload said, the journal since, the cursor before, and
-// restore, which puts the real server back (once; call it on every path).
-func (f *fixture) reloadFailing(t *testing.T, want []string) (reloadErr error, entries []realsystemd.Entry, cursor string, restore func()) {
+// journal: a line filed under another unit is found too). It returns the
+// journal since, the cursor before, restore, which puts the real server
+// back (once; call it on every path), and what systemctl reload said.
+func (f *fixture) reloadFailing(t *testing.T, want []string) (entries []realsystemd.Entry, cursor string, restore func(), reloadErr error) {
 	t.Helper()
 	cursor, err := f.sys.Cursor()
 	if err != nil {
@@ -412,7 +412,7 @@ func (f *fixture) reloadFailing(t *testing.T, want []string) (reloadErr error, e
 		restore()
 		t.Fatalf("no %q lines after the reload (systemctl reload: %v): %v\n%s", want, reloadErr, err, f.journalTail(cursor))
 	}
-	return reloadErr, entries, cursor, restore
+	return entries, cursor, restore, reloadErr
 }
 
 // reloadProblem says what is wrong with how systemctl reload ended after
