@@ -196,6 +196,7 @@ func (f *fixture) reload() reloadOutcome {
 	o.systemctl = time.Since(start)
 	deadline := time.Now().Add(settleTimeout)
 	staleSeen := map[string]bool{}
+	goneSeen := false
 	for {
 		// Processes first: a generation missing from its cgroup has
 		// exited before the state that is read next was announced.
@@ -212,11 +213,21 @@ func (f *fixture) reload() reloadOutcome {
 				o.stale = append(o.stale, fmt.Sprintf("ExecMainStartTimestamp moved (%s → %s) but MainPID stayed %d", f.prev.MainStart, s.MainStart, s.MainPID))
 			}
 			f.prev = s
-			if !oldAlive {
+			// systemd learns of an exit from SIGCHLD, which the kernel
+			// sends a moment after the process has left its cgroup: a
+			// MainPID that still names it is untrue only in a sample
+			// asked for after one that already saw it gone (systemd
+			// handles signals before requests). The PID file, which
+			// the library writes before the old generation may exit,
+			// is judged at once.
+			if !oldAlive && goneSeen {
 				if s.MainPID == o.from && !staleSeen["MainPID"] {
 					staleSeen["MainPID"] = true
 					o.stale = append(o.stale, fmt.Sprintf("MainPID=%d after pid %d had exited (%s)", s.MainPID, o.from, s))
 				}
+			}
+			if !oldAlive {
+				goneSeen = true
 				if f.uc.pidFile != "" && s.PIDFile == o.from && !staleSeen["pidfile"] {
 					staleSeen["pidfile"] = true
 					o.stale = append(o.stale, fmt.Sprintf("the PID file named %d after it had exited (%s)", s.PIDFile, s))
