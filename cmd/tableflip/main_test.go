@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/seed589fcc9d/tableflip"
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
 )
 
 // Helper servers: the test binary runs itself as a server when this
@@ -285,7 +286,7 @@ func runCheckCmd(t *testing.T, args ...string) (code int, stdout, stderr string)
 	var out, errb bytes.Buffer
 	code = run(append([]string{"check"}, args...), &out, &errb)
 	t.Logf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
-	if left := descendants(os.Getpid()); len(left) > 0 {
+	if left := proctree.Descendants(os.Getpid()); len(left) > 0 {
 		t.Errorf("processes left behind: %+v", left)
 	}
 	if b, err := os.ReadFile(logFile); err == nil && (bytes.Contains(b, []byte("DATA RACE")) || bytes.Contains(b, []byte("panic:"))) {
@@ -559,7 +560,7 @@ func TestCheckInterrupted(t *testing.T) {
 	if rep == nil || len(rep.Upgrades) < 2 {
 		t.Errorf("report %+v, want one with the upgrades done", rep)
 	}
-	if left := descendants(os.Getpid()); len(left) > 0 {
+	if left := proctree.Descendants(os.Getpid()); len(left) > 0 {
 		t.Errorf("processes left behind: %+v", left)
 	}
 }

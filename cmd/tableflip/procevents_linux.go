@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,7 +38,7 @@ type childEvents struct {
 	cmd     string
 	forked  map[int]bool
 	execd   map[int]bool
-	ended   []exitInfo
+	ended   []proctree.Exit
 	pids    []int         // of ended
 	changed chan struct{} // closed and replaced when ended grows
 }
@@ -152,7 +153,7 @@ func (e *procEvents) event(ev []byte) {
 		for _, c := range e.watched {
 			if c.execd[pid(1)] {
 				c.pids = append(c.pids, pid(1))
-				c.ended = append(c.ended, exitInfo{at: time.Now(), status: unix.WaitStatus(ne.Uint32(ev[procEventAt+8:]))})
+				c.ended = append(c.ended, proctree.Exit{At: time.Now(), Status: syscall.WaitStatus(ne.Uint32(ev[procEventAt+8:]))})
 				close(c.changed)
 				c.changed = make(chan struct{})
 			}
@@ -176,7 +177,7 @@ func (c *childEvents) runs(pid int) bool {
 // on.
 func (e *procEvents) watch(parent int) {
 	c := &childEvents{forked: map[int]bool{}, execd: map[int]bool{}, changed: make(chan struct{})}
-	if st, ok := readProcStat(parent); ok {
+	if st, ok := proctree.ReadStat(parent); ok {
 		c.cmd = st.Cmd
 	}
 	e.mu.Lock()
@@ -193,17 +194,17 @@ func (e *procEvents) unwatch(parent int) {
 // ended returns a new generation of parent that has ended since watch,
 // and a channel that is closed when another one ends. reliable is false
 // once the kernel has dropped events.
-func (e *procEvents) ended(parent int) (pid int, how exitInfo, ok bool, changed <-chan struct{}, reliable bool) {
+func (e *procEvents) ended(parent int) (pid int, how proctree.Exit, ok bool, changed <-chan struct{}, reliable bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	c := e.watched[parent]
 	if c == nil {
-		return 0, exitInfo{}, false, nil, !e.lost
+		return 0, proctree.Exit{}, false, nil, !e.lost
 	}
 	if len(c.ended) > 0 {
 		return c.pids[0], c.ended[0], true, c.changed, !e.lost
 	}
-	return 0, exitInfo{}, false, c.changed, !e.lost
+	return 0, proctree.Exit{}, false, c.changed, !e.lost
 }
 
 func (e *procEvents) close() {

@@ -2,7 +2,11 @@
 
 package main
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
+)
 
 // procEvents is Linux's process events connector, which other systems
 // lack: the check looks at processes instead (newGenWatch), and polls.
@@ -16,6 +20,6 @@ func (e *procEvents) watch(parent int)   {}
 func (e *procEvents) unwatch(parent int) {}
 func (e *procEvents) close()             {}
 
-func (e *procEvents) ended(parent int) (pid int, how exitInfo, ok bool, changed <-chan struct{}, reliable bool) {
-	return 0, exitInfo{}, false, nil, false
+func (e *procEvents) ended(parent int) (pid int, how proctree.Exit, ok bool, changed <-chan struct{}, reliable bool) {
+	return 0, proctree.Exit{}, false, nil, false
 }

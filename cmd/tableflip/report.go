@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/seed589fcc9d/tableflip/internal/loadgen"
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
 )
 
 // report is everything check found. It is printed as text or JSON and
@@ -124,14 +125,14 @@ func sampleGeneration(n, pid int) *generation {
 		fds -= conns
 		g.FDs, g.Conns = &fds, &conns
 	}
-	if v, ok := rssKiB(pid); ok {
+	if v, ok := proctree.RSSKiB(pid); ok {
 		g.RSSKiB = &v
 	}
 	return g
 }
 
 type leftover struct {
-	procStat
+	proctree.Stat
 	What string `json:"what"`
 }
 

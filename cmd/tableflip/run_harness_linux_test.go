@@ -21,6 +21,7 @@ import (
 
 	"github.com/seed589fcc9d/tableflip"
 	"github.com/seed589fcc9d/tableflip/drain"
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
 	"github.com/seed589fcc9d/tableflip/systemd"
 )
 
@@ -424,6 +425,6 @@ func gone(pid int) bool {
 	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
 		return true
 	}
-	st, ok := readProcStat(pid)
+	st, ok := proctree.ReadStat(pid)
 	return !ok || st.State == "Z"
 }

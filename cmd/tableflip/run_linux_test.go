@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/seed589fcc9d/tableflip"
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
 	"github.com/seed589fcc9d/tableflip/internal/realsystemd"
 )
 
@@ -349,7 +350,7 @@ func TestRunFirstGenerationFails(t *testing.T) {
 			t.Errorf("%s left behind (%v)", path, err)
 		}
 	}
-	if left := slices.DeleteFunc(descendants(os.Getpid()), func(p procStat) bool { return p.State == "Z" }); len(left) > 0 {
+	if left := slices.DeleteFunc(proctree.Descendants(os.Getpid()), func(p proctree.Stat) bool { return p.State == "Z" }); len(left) > 0 {
 		t.Errorf("processes left: %+v", left)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/seed589fcc9d/tableflip"
 	"github.com/seed589fcc9d/tableflip/internal/loadgen"
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
 )
 
 // checker runs one check. Its methods run on one goroutine, except
@@ -25,7 +26,7 @@ import (
 type checker struct {
 	cfg    *checkConfig
 	sig    syscall.Signal
-	procs  *procTable
+	procs  *proctree.Reaper
 	events *procEvents // nil where the kernel does not tell
 	prog   *progress
 	rep    *report
@@ -78,8 +79,8 @@ func runCheck(ctx context.Context, cfg *checkConfig, prog *progress) (*report, e
 		c.rep.Server = strings.Join(cfg.server, " ")
 	}
 	c.rep.Subreaper = becomeSubreaper()
-	c.procs = newProcTable()
-	defer c.procs.close()
+	c.procs = proctree.New()
+	defer c.procs.Close()
 	if ev, err := openProcEvents(); err == nil {
 		c.events = ev
 		c.rep.ProcessEvents = true
@@ -209,7 +210,7 @@ func (c *checker) startServer() error {
 		if c.pidFile, err = filepath.Abs(c.cfg.pidFile); err != nil {
 			return usageErrorf("-pidfile: %v", err)
 		}
-		if pid, ok := readPIDFile(c.pidFile); ok && c.procs.alive(pid) {
+		if pid, ok := readPIDFile(c.pidFile); ok && c.procs.Alive(pid) {
 			return usageErrorf("the PID file %s names pid %d, which is running: is the server already running? Stop it or remove the file", c.pidFile, pid)
 		}
 		if err := os.Remove(c.pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -250,13 +251,13 @@ func (c *checker) logTail() string {
 // ours reports whether pid is a process that the check started, directly
 // or not; where that cannot be known, it trusts the PID file.
 func (c *checker) ours(pid int) bool {
-	if !haveProc() {
+	if !proctree.Supported {
 		return true
 	}
 	// Walk up from pid rather than scan every process: this runs between
 	// the new PID and the probe, inside the upgrade-to-ready time.
 	for range 64 {
-		st, ok := readProcStat(pid)
+		st, ok := proctree.ReadStat(pid)
 		switch {
 		case !ok:
 			return false
@@ -277,17 +278,17 @@ func (c *checker) waitFirstReady(ctx context.Context) error {
 	defer tick.Stop()
 	var pid int
 	for {
-		changed := c.procs.changedChan()
-		if p, ok := readPIDFile(c.pidFile); ok && c.procs.alive(p) {
+		changed := c.procs.Changed()
+		if p, ok := readPIDFile(c.pidFile); ok && c.procs.Alive(p) {
 			pid = p
 			break
 		}
-		if !c.procs.alive(c.firstPID) {
-			if p, ok := readPIDFile(c.pidFile); ok && p != c.firstPID && c.procs.alive(p) {
+		if !c.procs.Alive(c.firstPID) {
+			if p, ok := readPIDFile(c.pidFile); ok && p != c.firstPID && c.procs.Alive(p) {
 				pid = p
 				break
 			}
-			e, _ := c.procs.reaped(c.firstPID)
+			e, _ := c.procs.WaitReaped(c.firstPID)
 			return serverErrorf("the server exited at once (%s) without writing its PID file %s%s", e, c.pidFile, c.logTail())
 		}
 		select {
@@ -431,12 +432,12 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for pid == 0 {
-		changed := c.procs.changedChan()
+		changed := c.procs.Changed()
 		if p, ok := readPIDFile(c.pidFile); ok && p != old {
 			pid = p
 			break
 		}
-		if !c.procs.alive(old) {
+		if !c.procs.Alive(old) {
 			if p, ok := readPIDFile(c.pidFile); ok && p != old {
 				pid = p
 				break
@@ -447,14 +448,14 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 		if newGen != nil {
 			p, how, ok, heard := 0, "", false, false
 			if c.events != nil {
-				var e exitInfo
+				var e proctree.Exit
 				if p, e, ok, born, heard = c.events.ended(old); ok {
 					how = " (" + e.String() + ")"
 				}
 			}
 			if !heard {
 				// Looking may miss a short life; hearing does not.
-				p, ok = newGen.ended(c.procs.alive)
+				p, ok = newGen.ended(c.procs.Alive)
 			}
 			if ok {
 				return serverErrorf("upgrade %d: the new generation (pid %d) ended%s %s after %s, before it was ready; generation %d (pid %d) serves on%s",
@@ -475,8 +476,8 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 	}
 	pidAt := time.Now()
 	u.PIDAt = pidAt.Sub(c.epoch)
-	if !c.procs.alive(pid) {
-		e, _ := c.procs.reaped(pid)
+	if !c.procs.Alive(pid) {
+		e, _ := c.procs.WaitReaped(pid)
 		return serverErrorf("upgrade %d: the new generation (pid %d) wrote its PID and ended (%s)%s", n, pid, e, c.logTail())
 	}
 	if !c.ours(pid) {
@@ -495,7 +496,7 @@ func (c *checker) upgrade(ctx context.Context, n int) (err error) {
 
 	ctx3, cancel3 := context.WithTimeout(ctx, c.cfg.exitTimeout)
 	defer cancel3()
-	at, err := c.procs.waitExit(ctx3, old)
+	at, err := c.procs.WaitExit(ctx3, old, pollInterval)
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
@@ -533,8 +534,8 @@ func (c *checker) controlUpgrade(ctx, ctx2 context.Context, n, gen, old int) (in
 
 // diedOnSignal explains an old generation that ended without a successor.
 func (c *checker) diedOnSignal(n, gen, old int, t0 time.Time) error {
-	e, reaped := c.procs.reaped(old)
-	if reaped && e.status.Signaled() && e.status.Signal() == c.sig {
+	e, reaped := c.procs.WaitReaped(old)
+	if reaped && e.Status.Signaled() && e.Status.Signal() == c.sig {
 		return serverErrorf("upgrade %d: generation %d (pid %d) was killed by %s: the server does not handle that signal (-signal)%s",
 			n, gen, old, signalName(c.sig), c.logTail())
 	}
@@ -551,19 +552,19 @@ func (c *checker) diedOnSignal(n, gen, old int, t0 time.Time) error {
 // outside the last generation's own tree.
 func (c *checker) findLeftovers() {
 	cur := c.currentPID()
-	if !haveProc() {
+	if !proctree.Supported {
 		for i, old := range c.olds {
-			if c.procs.alive(old) {
-				c.rep.Leftovers = append(c.rep.Leftovers, leftover{procStat{PID: old}, fmt.Sprintf("generation %d still running", i+1)})
+			if c.procs.Alive(old) {
+				c.rep.Leftovers = append(c.rep.Leftovers, leftover{proctree.Stat{PID: old}, fmt.Sprintf("generation %d still running", i+1)})
 			}
 		}
 		return
 	}
 	inCurrent := map[int]bool{cur: true}
-	for _, p := range descendants(cur) {
+	for _, p := range proctree.Descendants(cur) {
 		inCurrent[p.PID] = true
 	}
-	for _, p := range descendants(c.self) {
+	for _, p := range proctree.Descendants(c.self) {
 		switch {
 		case p.State == "Z" && p.PPID == c.self:
 			// Ours, being reaped.
@@ -582,7 +583,7 @@ func (c *checker) findLeftovers() {
 // would.
 func (c *checker) stopServer(ctx context.Context) error {
 	cur := c.currentPID()
-	if !c.procs.alive(cur) {
+	if !c.procs.Alive(cur) {
 		c.rep.Problems = append(c.rep.Problems, fmt.Sprintf("the last generation (pid %d) had died before the end of the check", cur))
 		return nil
 	}
@@ -591,7 +592,7 @@ func (c *checker) stopServer(ctx context.Context) error {
 	}
 	ctx2, cancel := context.WithTimeout(ctx, c.cfg.exitTimeout)
 	defer cancel()
-	if _, err := c.procs.waitExit(ctx2, cur); err != nil {
+	if _, err := c.procs.WaitExit(ctx2, cur, pollInterval); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -608,7 +609,7 @@ func (c *checker) findStrays() {
 	listed := func(pid int) bool {
 		return slices.ContainsFunc(c.rep.Leftovers, func(l leftover) bool { return l.PID == pid })
 	}
-	for _, p := range descendants(c.self) {
+	for _, p := range proctree.Descendants(c.self) {
 		switch {
 		case p.PID == c.currentPID(),
 			p.State == "Z" && p.PPID == c.self,
@@ -627,12 +628,12 @@ func (c *checker) cleanup() {
 		return
 	}
 	pids := append([]int{c.firstPID, c.currentPID()}, c.olds...)
-	for _, p := range descendants(c.self) {
+	for _, p := range proctree.Descendants(c.self) {
 		pids = append(pids, p.PID)
 	}
 	killGroup(c.firstPID)
 	for _, p := range pids {
-		if p > 0 && c.procs.alive(p) {
+		if p > 0 && c.procs.Alive(p) {
 			killPid(p)
 		}
 	}
@@ -640,7 +641,7 @@ func (c *checker) cleanup() {
 	defer cancel()
 	for _, p := range pids {
 		if p > 0 {
-			c.procs.waitExit(ctx, p)
+			c.procs.WaitExit(ctx, p, pollInterval)
 		}
 	}
 }
