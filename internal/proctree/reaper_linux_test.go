@@ -16,7 +16,7 @@ import (
 func TestReaper(t *testing.T) {
 	r := New()
 	defer r.Close()
-	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", "read x; exit 3"}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}})
+	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", "exec sleep 100"}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
