@@ -226,13 +226,7 @@ func (s *supervisor) reexec() error {
 // undoReexec serves again what reexec took down.
 func (s *supervisor) undoReexec() {
 	signal.Notify(s.sigs, syscall.SIGHUP)
-	if s.ctlFD >= 0 && s.ctl == nil {
-		if ln, err := fileListener(s.ctlFD); err == nil {
-			s.serveControl(ln)
-		} else {
-			s.log.Error("tableflip run: control socket", "error", err)
-		}
-	}
+	s.serveKeptControl()
 	s.launcher.prestart()
 }
 
@@ -306,16 +300,9 @@ func (s *supervisor) restore() (bool, error) {
 		return false, err
 	}
 	s.notify = notify
-	if st.ControlFD >= 0 {
-		s.ctlFD = st.ControlFD
-		ln, err := fileListener(st.ControlFD)
-		if err == nil {
-			err = s.serveControl(ln)
-		}
-		if err != nil {
-			return false, fmt.Errorf("control socket: %w", err)
-		}
-	}
+	// Served again only once the state is restored and published (Run
+	// calls serveKeptControl), so no status answers from an empty one.
+	s.ctlFD = st.ControlFD
 	s.releases = st.Releases
 	at := func(i int) *release {
 		if i >= 0 && i < len(s.releases) {
@@ -366,6 +353,22 @@ func (s *supervisor) resume() {
 		s.upgradeAsked(upgradeEvent{by: "SIGHUP (during the re-execution)"})
 	case s.lostServing && s.serving == nil:
 		s.scheduleReplacement(nil)
+	}
+}
+
+// serveKeptControl serves the control socket again from the descriptor
+// kept for a re-execution, if it is not being served. A failure is logged:
+// the generations serve on, and SIGHUP still upgrades.
+func (s *supervisor) serveKeptControl() {
+	if s.ctlFD < 0 || s.ctl != nil {
+		return
+	}
+	ln, err := fileListener(s.ctlFD)
+	if err == nil {
+		err = s.serveControl(ln)
+	}
+	if err != nil {
+		s.log.Error("tableflip run: control socket", "error", err)
 	}
 }
 

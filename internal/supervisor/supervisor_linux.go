@@ -218,6 +218,7 @@ func Run(opts Options) error {
 		s.resume()
 	}
 	s.publish()
+	s.serveKeptControl()
 	s.run()
 	s.tearDown()
 	return s.fatal
