@@ -17,6 +17,8 @@ import (
 	"github.com/seed589fcc9d/tableflip/internal/proctree"
 )
 
+// startServer starts the first generation: the built-in sample server,
+// or the command given after --, with its output in the -log file.
 func (c *checker) startServer() error {
 	argv := c.cfg.server
 	if argv == nil {
@@ -66,7 +68,9 @@ func (c *checker) startServer() error {
 		return err
 	}
 	defer logf.Close()
-	pid, err := startProcess(argv, logf)
+	// The upgrade signal and SIGTERM, which the check sends, reach the
+	// server with their default action even under nohup.
+	pid, err := startProcess(argv, logf, c.sig, syscall.SIGTERM)
 	if err != nil {
 		return serverErrorf("%v", err)
 	}

@@ -23,8 +23,10 @@
 // (connections apart) and memory of the first and last generation, and
 // processes left behind. It loads HTTP servers (http://, https://, and
 // gRPC calls), line protocols over TCP (tcp://: each exchange sends a line
-// and reads it back) and datagram servers (udp://). Run "tableflip check
-// -h" for the flags.
+// and reads it back) and datagram servers (udp://). The server starts as
+// a service manager starts it, in a process group of its own and with the
+// upgrade signal and SIGTERM at their default action, even when the check
+// itself runs under nohup. Run "tableflip check -h" for the flags.
 //
 // # Exit status
 //

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -52,7 +53,10 @@ func registerHelper(name string, fn func(addr, pidFile string) int) {
 }
 
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && isRunCommand(os.Args[1]) {
+	if len(os.Args) > 1 && (isRunCommand(os.Args[1]) || os.Args[1] == "check") {
+		// tableflip run, or a check in a process of its own
+		// (TestCheckUnderNohup), whose helper server runs under the
+		// environment below.
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	if name := os.Getenv(helperEnv); name != "" {
@@ -438,6 +442,37 @@ func TestCheckBrokenServers(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckUnderNohup runs "nohup tableflip check", in which SIGHUP is
+// ignored: the server still starts with SIGHUP at its default, as a
+// service manager starts it, so one without a handler is reported as
+// killed by it, not as ignoring it.
+func TestCheckUnderNohup(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no upgrades on windows")
+	}
+	nohup, err := exec.LookPath("nohup")
+	if err != nil {
+		t.Fatalf("nohup (coreutils) is needed: %v", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args, _, _ := helperServer(t, "no-handler")
+	cmd := exec.Command(nohup, append([]string{exe, "check", "-log", filepath.Join(t.TempDir(), "server.log"),
+		"-upgrades", "1", "-interval", "10ms", "-c", "1", "-mode", "keepalive"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	code := -1
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	if want := "was killed by SIGHUP: the server does not handle that signal"; code != exitServer || !strings.Contains(stderr.String(), want) {
+		t.Errorf("nohup tableflip check: %v, want exit %d with %q in stderr; stderr:\n%s", err, exitServer, want, stderr.String())
 	}
 }
 

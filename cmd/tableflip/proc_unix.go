@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,8 +22,10 @@ const pollInterval = time.Millisecond
 
 // startProcess starts argv in a process group of its own, so that a
 // Ctrl-C on the terminal reaches only the check, which then shuts the
-// server down itself; output goes to out.
-func startProcess(argv []string, out *os.File) (int, error) {
+// server down itself; output goes to out. The signals in unignored reach
+// it with their default action, whatever this process does with them.
+func startProcess(argv []string, out *os.File, unignored ...os.Signal) (int, error) {
+	unignore(unignored...)
 	path := argv[0]
 	if !strings.Contains(path, "/") {
 		p, err := exec.LookPath(path)
@@ -53,6 +56,24 @@ func startProcess(argv []string, out *os.File) (int, error) {
 	pid := p.Pid
 	p.Release() // the procTable waits for it
 	return pid, nil
+}
+
+// dropped receives the signals that unignore catches, and is never read.
+var dropped = make(chan os.Signal, 1)
+
+// unignore makes a process started from now on receive sigs with their
+// default action, as a service manager starts a server. A signal that
+// this process ignores (SIGHUP, under nohup) stays ignored across exec,
+// and a Go program keeps an inherited SIG_IGN for SIGHUP and SIGINT
+// unless it asks for the signal. A signal this process catches instead is
+// reset to the default by exec; here it is caught and dropped, which is
+// what ignoring it was for.
+func unignore(sigs ...os.Signal) {
+	for _, sig := range sigs {
+		if signal.Ignored(sig) {
+			signal.Notify(dropped, sig)
+		}
+	}
 }
 
 func sendSignal(pid int, sig syscall.Signal) error {
