@@ -756,13 +756,15 @@ func TestRunStopSignal(t *testing.T) {
 }
 
 // TestRunReadyDelay: with -ready delay=D a generation is ready when it
-// still runs D after it was executed; one that exits first fails.
+// still runs D after it was executed; one that exits first fails. D is
+// long beside the life of a program that exits at once (a test binary
+// under -race on a busy machine: once more than 50 ms).
 func TestRunReadyDelay(t *testing.T) {
 	modeFile := filepath.Join(t.TempDir(), "mode")
 	os.WriteFile(modeFile, []byte("quiet"), 0o644)
-	r := startRun(t, runOptions{mode: "file:" + modeFile, flags: []string{"-ready", "delay=50ms"}})
-	if resp := r.call(tableflip.ControlUpgrade); !resp.OK || resp.Upgrade.Seconds < 0.05 {
-		t.Errorf("upgrade: %+v (%v), want ready after at least 50ms", resp.Upgrade, resp.Error)
+	r := startRun(t, runOptions{mode: "file:" + modeFile, flags: []string{"-ready", "delay=1s"}})
+	if resp := r.call(tableflip.ControlUpgrade); !resp.OK || resp.Upgrade.Seconds < 1 {
+		t.Errorf("upgrade: %+v (%v), want ready after at least 1s", resp.Upgrade, resp.Error)
 	}
 	os.WriteFile(modeFile, []byte("exit=5"), 0o644)
 	if resp := r.call(tableflip.ControlUpgrade); resp.OK || resp.Error.Reason != tableflip.ReasonChildExited {

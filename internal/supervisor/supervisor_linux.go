@@ -386,8 +386,14 @@ func (s *supervisor) run() {
 		case launchedEvent:
 			s.launched(ev.g, ev.err)
 		case readyEvent:
-			if ev.g.St == starting {
-				s.ready(ev.g)
+			select {
+			case <-ev.g.p.Done():
+				// Ended before it was found ready: its exit event,
+				// which follows, fails it.
+			default:
+				if ev.g.St == starting {
+					s.ready(ev.g)
+				}
 			}
 		case exitEvent:
 			s.exited(ev.g)
