@@ -97,21 +97,35 @@ func (c *checker) ours(pid int) bool {
 	if !proctree.Supported {
 		return true
 	}
-	// Walk up from pid rather than scan every process: this runs between
-	// the new PID and the probe, inside the upgrade-to-ready time.
-	for range 64 {
-		st, ok := proctree.ReadStat(pid)
-		switch {
-		case !ok:
-			return false
-		case st.PPID == c.self:
-			return true
-		case st.PPID <= 1:
-			return false
+	// An ancestor that ends during the walk (an old generation, just
+	// after the handover) has had its children re-parented meanwhile:
+	// walk again, from pid's new parent.
+	for range 8 {
+		if ours, sure := c.walkUp(pid); sure {
+			return ours
 		}
-		pid = st.PPID
 	}
 	return false
+}
+
+// walkUp walks up from pid to the check, rather than scan every process:
+// this runs between the new PID and the probe, inside the
+// upgrade-to-ready time. sure is false if an ancestor ended on the way.
+func (c *checker) walkUp(pid int) (ours, sure bool) {
+	p := pid
+	for range 64 {
+		st, ok := proctree.ReadStat(p)
+		switch {
+		case !ok:
+			return false, p == pid
+		case st.PPID == c.self:
+			return true, true
+		case st.PPID <= 1:
+			return false, true
+		}
+		p = st.PPID
+	}
+	return false, true
 }
 
 // waitFirstReady waits until the first generation has written its PID
