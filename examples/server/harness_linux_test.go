@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/seed589fcc9d/tableflip"
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
 	"golang.org/x/sys/unix"
 )
 
@@ -102,25 +103,8 @@ func (p proc) String() string {
 }
 
 func readProc(pid int) (proc, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return proc{}, false
-	}
-	// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return proc{}, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 {
-		return proc{}, false
-	}
-	ppid, err1 := strconv.Atoi(f[1])
-	pgid, err2 := strconv.Atoi(f[2])
-	if err1 != nil || err2 != nil {
-		return proc{}, false
-	}
-	return proc{pid: pid, ppid: ppid, pgid: pgid, state: f[0]}, true
+	st, ok := proctree.ReadStat(pid)
+	return proc{pid: st.PID, ppid: st.PPID, pgid: st.PGID, state: st.State}, ok
 }
 
 // groupProcs lists the processes of process group pgid, zombies included.

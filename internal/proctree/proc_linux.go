@@ -26,6 +26,7 @@ func BecomeSubreaper() error {
 type Stat struct {
 	PID   int    `json:"pid"`
 	PPID  int    `json:"ppid"`
+	PGID  int    `json:"-"`     // process group
 	State string `json:"state"` // R, S, Z, …
 	Cmd   string `json:"cmd"`
 	// ForkNoExec is set on a process that has forked and not exec'd
@@ -58,11 +59,15 @@ func ReadStat(pid int) (Stat, bool) {
 	if err != nil {
 		return Stat{}, false
 	}
+	pgid, err := strconv.Atoi(fields[2])
+	if err != nil {
+		return Stat{}, false
+	}
 	flags, err := strconv.ParseUint(fields[6], 10, 64)
 	if err != nil {
 		return Stat{}, false
 	}
-	st := Stat{PID: pid, PPID: ppid, State: fields[0], ForkNoExec: flags&pfForkNoExec != 0}
+	st := Stat{PID: pid, PPID: ppid, PGID: pgid, State: fields[0], ForkNoExec: flags&pfForkNoExec != 0}
 	if j := bytes.IndexByte(b, '('); j >= 0 && j < i {
 		st.Cmd = string(b[j+1 : i])
 	}

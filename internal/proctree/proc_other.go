@@ -15,6 +15,7 @@ func BecomeSubreaper() error { return errors.ErrUnsupported }
 type Stat struct {
 	PID        int    `json:"pid"`
 	PPID       int    `json:"ppid"`
+	PGID       int    `json:"-"`
 	State      string `json:"state"`
 	Cmd        string `json:"cmd"`
 	ForkNoExec bool   `json:"-"`

@@ -11,9 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/seed589fcc9d/tableflip/internal/proctree"
 	"golang.org/x/sys/unix"
 )
 
@@ -222,18 +222,7 @@ func holds(pids []int, ino uint32) bool {
 func processTree(pid int) []int {
 	pids := []int{pid}
 	for i := 0; i < len(pids) && len(pids) < 4096; i++ {
-		tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pids[i]), "task"))
-		for _, t := range tasks {
-			b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pids[i]), "task", t.Name(), "children"))
-			if err != nil {
-				continue
-			}
-			for _, f := range strings.Fields(string(b)) {
-				if c, err := strconv.Atoi(f); err == nil {
-					pids = append(pids, c)
-				}
-			}
-		}
+		pids = append(pids, proctree.Children(pids[i])...)
 	}
 	return pids
 }
