@@ -228,6 +228,14 @@ func helperFaultServer() int {
 	go func() {
 		for sig := range sigs {
 			upg.WaitForParent(context.Background())
+			if sig == syscall.SIGUSR1 {
+				// Idle: the server side of the connections that
+				// clients have just closed is closed too. Waited
+				// for a while at most, so that a leaked one shows.
+				for deadline := time.Now().Add(5 * time.Second); openConns() > 0 && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+				}
+			}
 			say("fds %d upgrading=%t", countFDs(), upg.Stats().Upgrading)
 			if sig == syscall.SIGTERM {
 				upg.Stop()
@@ -399,6 +407,27 @@ type load struct {
 	errs   []string
 	// pids counts the answers by the pid that gave them.
 	pids map[int]int
+}
+
+// openConns counts this process's stream sockets that do not listen:
+// the server side of connections.
+func openConns() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	n := 0
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil || typ != unix.SOCK_STREAM {
+			continue
+		}
+		if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && acc == 0 {
+			n++
+		}
+	}
+	return n
 }
 
 func startLoad(addr string) *load { return startLoadN(addr, 1) }

@@ -296,6 +296,9 @@ func TestUpgradeStorm(t *testing.T) {
 		}
 		syscall.Wait4(pid, nil, 0, nil)
 	}
+	// The output has ended, so every generation has exited: one that
+	// was stopped before it wrote a line is reaped here too.
+	s.reapGroup()
 	s.pid = 0
 	noChildren(t)
 

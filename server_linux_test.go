@@ -519,11 +519,19 @@ func (s *server) cleanup() {
 		s.first.Wait()
 	}
 	// Kill every generation, seen or not (they share the first one's
-	// process group), and reap them all as they become the test's
-	// children (a generation's child does once its parent has exited),
-	// so that no test leaves a process or a zombie behind.
+	// process group), so that no test leaves a process or a zombie
+	// behind.
+	syscall.Kill(-s.first.Process.Pid, syscall.SIGKILL)
+	s.reapGroup()
+	for range s.lines {
+	}
+}
+
+// reapGroup reaps every generation, seen or not, as it becomes the
+// test's child (a generation's child does once its parent has exited),
+// until none is left in the group, a minute at most.
+func (s *server) reapGroup() {
 	pgid := s.first.Process.Pid
-	syscall.Kill(-pgid, syscall.SIGKILL)
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
 		if pid, _ := syscall.Wait4(-pgid, nil, syscall.WNOHANG, nil); pid > 0 {
 			continue
@@ -532,8 +540,6 @@ func (s *server) cleanup() {
 			break
 		}
 		time.Sleep(time.Millisecond)
-	}
-	for range s.lines {
 	}
 }
 
